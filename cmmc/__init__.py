@@ -1,0 +1,9 @@
+"""cmmc: Contrastive Multi-Modal Clustering (CMMC / MFLVC), a reproducible reference implementation."""
+
+from cmmc.config import Config, make_config
+from cmmc.data import Dataset, list_datasets, load_dataset
+from cmmc.estimator import CMMC
+from cmmc.metrics import evaluate
+
+__version__ = "0.1.0"
+__all__ = ["CMMC", "Config", "Dataset", "evaluate", "list_datasets", "load_dataset", "make_config"]

@@ -1,0 +1,71 @@
+"""Input checks run before any work starts, so bad input fails early with a clear message."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def check_views(views: Sequence, min_views: int = 2) -> list[np.ndarray]:
+    """Return the views as C-contiguous float32 arrays, or raise ValueError naming the problem."""
+    if isinstance(views, np.ndarray) or not isinstance(views, Sequence):
+        raise ValueError(
+            "views must be a list of 2-D arrays, one per view "
+            f"(got {type(views).__name__}; wrap a single array as [X] only if it is one view)"
+        )
+    if len(views) < min_views:
+        raise ValueError(f"CMMC needs at least {min_views} views, got {len(views)}")
+    out = []
+    for m, v in enumerate(views):
+        if hasattr(v, "detach"):  # torch tensor
+            v = v.detach().cpu().numpy()
+        try:
+            a = np.asarray(v, dtype=np.float32)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"view {m} cannot be converted to a float array: {err}") from err
+        if a.ndim != 2:
+            raise ValueError(f"view {m} must be 2-D (samples x features), got shape {a.shape}")
+        if a.shape[0] == 0 or a.shape[1] == 0:
+            raise ValueError(f"view {m} is empty (shape {a.shape})")
+        if not np.isfinite(a).all():
+            bad = int((~np.isfinite(a)).sum())
+            raise ValueError(f"view {m} holds {bad} NaN/Inf values")
+        out.append(np.ascontiguousarray(a))
+    sizes = [a.shape[0] for a in out]
+    if len(set(sizes)) > 1:
+        raise ValueError(f"views have different numbers of samples: {sizes} (view index: count)")
+    return out
+
+
+def check_n_clusters(n_clusters: int, n_samples: int) -> int:
+    """K must be an integer with 2 <= K <= N."""
+    if isinstance(n_clusters, bool) or int(n_clusters) != n_clusters:
+        raise ValueError(f"n_clusters must be an integer, got {n_clusters!r}")
+    k = int(n_clusters)
+    if k < 2 or k > n_samples:
+        raise ValueError(f"n_clusters must satisfy 2 <= K <= N={n_samples}, got {k}")
+    return k
+
+
+def check_labels(labels, n_samples: int) -> np.ndarray:
+    """Integer labels, one per sample."""
+    y = np.asarray(labels)
+    if y.ndim != 1:
+        y = y.reshape(-1) if y.size == n_samples else y
+    if y.ndim != 1 or y.shape[0] != n_samples:
+        raise ValueError(f"labels must have length N={n_samples}, got shape {np.shape(labels)}")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.mod(y, 1) == 0):
+            raise ValueError("labels must be integers")
+        y = y.astype(np.int64)
+    return y.astype(np.int64)
+
+
+def check_same_dims(views: list[np.ndarray], dims: Sequence[int]) -> None:
+    """Views passed to predict/transform must match those seen in fit."""
+    if len(views) != len(dims):
+        raise ValueError(f"model was fitted on {len(dims)} views, got {len(views)}")
+    for m, (a, d) in enumerate(zip(views, dims, strict=True)):
+        if a.shape[1] != d:
+            raise ValueError(f"view {m} has {a.shape[1]} features, the model was fitted on {d}")
