@@ -116,9 +116,7 @@ def schedule_for(dataset: str | None, profile: str = "paper") -> dict[str, Any]:
     return out
 
 
-def make_config(
-    dataset: str | None = None, profile: str = "paper", **overrides: Any
-) -> Config:
+def make_config(dataset: str | None = None, profile: str = "paper", **overrides: Any) -> Config:
     """Config for ``dataset`` under ``profile``, with ``overrides`` applied last."""
     unknown = set(overrides) - config_fields()
     if unknown:

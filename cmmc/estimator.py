@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,8 +66,21 @@ class CMMC:
     def _tensors(self, views: list[np.ndarray]) -> list[torch.Tensor]:
         return [torch.from_numpy(v).to(self.device_) for v in views]
 
-    def fit(self, views: Sequence, y: Sequence | None = None) -> CMMC:
-        """Train on ``views`` (list of N x D_m arrays). ``y`` only feeds the metric history."""
+    def fit(
+        self,
+        views: Sequence,
+        y: Sequence | None = None,
+        *,
+        pretrain_cache: str | None = None,
+        on_phase_end: Callable[[str, dict], None] | None = None,
+    ) -> CMMC:
+        """Train on ``views`` (list of N x D_m arrays). ``y`` only feeds the metric history.
+
+        ``pretrain_cache``: a file path; when it exists, training continues from the saved end of
+        pre-training (weights, Adam state, RNG), else pre-training runs and is saved there. The
+        caller must key the path by everything pre-training depends on (the runner does).
+        ``on_phase_end(phase, embedding)`` is called after each phase with the per-view z, h, q.
+        """
         views = check_views(views)
         n = views[0].shape[0]
         k = check_n_clusters(self.n_clusters, n)
@@ -74,14 +89,32 @@ class CMMC:
         self.device_ = resolve_device(self.device)
         set_seed(self.random_state)
         self.dims_ = [v.shape[1] for v in views]
-        self.network_ = CMMCNetwork(
-            self.dims_, k, self.config_.low_dim, self.config_.high_dim
-        ).to(self.device_)
+        self.network_ = CMMCNetwork(self.dims_, k, self.config_.low_dim, self.config_.high_dim).to(
+            self.device_
+        )
         xs = self._tensors(views)
         trainer = Trainer(
             self.network_, xs, k, self.config_, self.random_state, labels, self.progress
         )
-        state = trainer.fit()
+        if on_phase_end is not None:
+            trainer.on_phase_end = lambda phase, tr: on_phase_end(
+                phase,
+                {k: [t.float().cpu().numpy() for t in v] for k, v in embed(tr.net, xs).items()},
+            )
+        skip = False
+        if pretrain_cache is not None:
+            path = Path(pretrain_cache)
+            if path.exists():
+                trainer.restore(torch.load(path, weights_only=False))
+                skip = True
+            else:
+                trainer.pretrain()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".tmp{os.getpid()}")
+                torch.save(trainer.checkpoint(), tmp)
+                os.replace(tmp, path)  # atomic: a killed run never leaves half a checkpoint
+                skip = True
+        state = trainer.fit(skip_pretrain=skip)
         self.history_ = state.history
         self.phase_seconds_ = state.phase_seconds
         self.pseudo_labels_ = state.pseudo_labels

@@ -92,8 +92,7 @@ def contrastive_terms(
         terms["entropy"] = weight * sum(per_view)
     if "reconstruction" in use:
         terms["reconstruction"] = sum(
-            L.reconstruction(x, xr, config.recon_form)
-            for x, xr in zip(xs, out["xr"], strict=True)
+            L.reconstruction(x, xr, config.recon_form) for x, xr in zip(xs, out["xr"], strict=True)
         )
     return terms
 
@@ -133,6 +132,7 @@ class Trainer:
         self.opt = torch.optim.Adam(net.parameters(), lr=config.lr)
         self.state = TrainState()
         self.epoch = 0
+        self.on_phase_end = None  # optional callable(phase, trainer), e.g. t-SNE snapshots
 
     def _batches(self):
         perm = torch.randperm(self.n, device=self.device)
@@ -163,6 +163,8 @@ class Trainer:
             self._record(phase, terms, time.perf_counter() - t0)
             bar.set_postfix(loss=f"{sum(terms.values()):.4f}")
         self.state.phase_seconds[phase] = time.perf_counter() - start
+        if self.on_phase_end is not None and epochs > 0:
+            self.on_phase_end(phase, self)
 
     def _minibatch_epoch(self, terms_fn) -> dict[str, float]:
         totals: dict[str, float] = {}
@@ -180,7 +182,11 @@ class Trainer:
         """Phase 1: reconstruction only."""
         recs = self.net.reconstruct(xb)
         form = self.config.recon_form
-        return {"reconstruction": sum(L.reconstruction(x, r, form) for x, r in zip(xb, recs))}
+        return {
+            "reconstruction": sum(
+                L.reconstruction(x, r, form) for x, r in zip(xb, recs, strict=True)
+            )
+        }
 
     def contrastive_batch_terms(self, xb: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Phase 2: the composed contrastive objective."""
@@ -195,17 +201,49 @@ class Trainer:
             for q, p in zip(qs, targets, strict=True):
                 pred = q.detach().float().argmax(1).cpu().numpy()
                 matched = torch.from_numpy(match_pseudo_labels(pred, p, self.k)).to(self.device)
-                loss = loss + L.finetune_cross_entropy(q.float(), matched, self.config.finetune_form)
+                loss = loss + L.finetune_cross_entropy(
+                    q.float(), matched, self.config.finetune_form
+                )
         self._step(loss)
         return {"finetune": float(loss.detach())}
 
-    def fit(self) -> TrainState:
-        """Run all phases (those with zero epochs are skipped)."""
-        cfg = self.config
+    def pretrain(self) -> None:
+        """Phase 1 alone (reconstruction pre-training)."""
         self.net.train()
         self._run_phase(
-            "pretrain", cfg.pretrain_epochs, lambda: self._minibatch_epoch(self.pretrain_terms)
+            "pretrain",
+            self.config.pretrain_epochs,
+            lambda: self._minibatch_epoch(self.pretrain_terms),
         )
+
+    def checkpoint(self) -> dict:
+        """Everything needed to continue exactly where training stands (weights, Adam, RNG)."""
+        return {
+            "net": self.net.state_dict(),
+            "opt": self.opt.state_dict(),
+            "rng": torch.get_rng_state(),
+            "np_rng": np.random.get_state(),
+            "epoch": self.epoch,
+            "history": list(self.state.history),
+            "phase_seconds": dict(self.state.phase_seconds),
+        }
+
+    def restore(self, ckpt: dict) -> None:
+        """Continue from :meth:`checkpoint` output; the result equals an uninterrupted run."""
+        self.net.load_state_dict(ckpt["net"])
+        self.opt.load_state_dict(ckpt["opt"])
+        torch.set_rng_state(ckpt["rng"])
+        np.random.set_state(ckpt["np_rng"])
+        self.epoch = ckpt["epoch"]
+        self.state.history = list(ckpt["history"])
+        self.state.phase_seconds = dict(ckpt["phase_seconds"])
+
+    def fit(self, skip_pretrain: bool = False) -> TrainState:
+        """Run all phases (those with zero epochs are skipped)."""
+        cfg = self.config
+        if not skip_pretrain:
+            self.pretrain()
+        self.net.train()
         if cfg.losses:
             self._run_phase(
                 "contrastive",

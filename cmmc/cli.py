@@ -1,0 +1,154 @@
+"""Command line: ``cmmc datasets``, ``cmmc train``, ``cmmc reproduce``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key] = _parse_value(value)
+    return out
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    """Table of the registry: whether each file is present and verified."""
+    from cmmc.data import dataset_status
+
+    rows = dataset_status()
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    print(f"{'dataset':<15} {'N':>6} {'K':>3}  {'dims':<28} {'present':<8} {'verified':<8} path")
+    for r in rows:
+        dims = ",".join(str(d) for d in r.get("dims") or [])
+        print(
+            f"{r['name']:<15} {r.get('N') or '':>6} {r.get('K') or '':>3}  {dims:<28} "
+            f"{str(r['present']):<8} {str(r['verified']):<8} {r.get('path') or '-'}"
+        )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train CMMC on one registry dataset; print the metrics (and run facts) as JSON."""
+    from cmmc.config import make_config
+    from cmmc.data import load_dataset
+    from cmmc.estimator import CMMC
+    from cmmc.metrics import evaluate
+
+    ds = load_dataset(args.dataset, views=args.views)
+    config = make_config(ds.name, args.profile, **_overrides(args.set))
+    t0 = time.perf_counter()
+    model = CMMC(
+        ds.n_clusters,
+        random_state=args.seed,
+        device=args.device,
+        config=config,
+        progress=not args.quiet,
+    ).fit(ds.views, ds.labels)
+    out = {
+        "dataset": ds.name,
+        "seed": args.seed,
+        "device": str(model.device_),
+        "metrics": evaluate(ds.labels, model.labels_),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "phase_seconds": {k: round(v, 2) for k, v in model.phase_seconds_.items()},
+        "config": config.to_dict(),
+    }
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Run (or resume) an experiment grid; records go under --results."""
+    from cmmc.runner import plan, run_grid
+
+    seeds = args.seed_list if args.seed_list else (range(args.seeds) if args.seeds else None)
+    tasks = plan(
+        args.experiment,
+        datasets=args.datasets,
+        seeds=seeds,
+        variants=args.variants,
+        profile=args.profile,
+        device=args.device,
+        results_dir=args.results,
+    )
+    if args.dry_run:
+        for t in tasks:
+            print(t["path"])
+        print(f"{len(tasks)} runs", file=sys.stderr)
+        return 0
+    records = run_grid(tasks, workers=args.workers, engine=args.engine, scheduler=args.scheduler)
+    print(f"{len(records)} records under {args.results}/{args.experiment}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``cmmc`` command."""
+    p = argparse.ArgumentParser(prog="cmmc", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("datasets", help="list the registry and the state of each file")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(fn=cmd_datasets)
+
+    t = sub.add_parser("train", help="train CMMC on a registry dataset, print metrics as JSON")
+    t.add_argument("--dataset", required=True)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    t.add_argument("--profile", default="paper", choices=["paper", "quick"])
+    t.add_argument("--views", nargs="+", help="subset of views, by name or index, in order")
+    t.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. tau_f=0.3 finetune_form=ce losses='[\"feature\"]'",
+    )
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(fn=cmd_train)
+
+    r = sub.add_parser("reproduce", help="run or resume an experiment grid (cmmc/experiments.toml)")
+    r.add_argument("experiment")
+    r.add_argument("--datasets", nargs="+")
+    r.add_argument("--variants", nargs="+")
+    r.add_argument("--seeds", type=int, help="use seeds 0..N-1")
+    r.add_argument("--seed-list", type=int, nargs="+")
+    r.add_argument("--profile", default="paper", choices=["paper", "quick"])
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--workers", type=int, default=1)
+    r.add_argument("--engine", default="local", choices=["local", "dask"])
+    r.add_argument("--scheduler", help="address of a running Dask scheduler (engine dask)")
+    r.add_argument("--results", default="results")
+    r.add_argument("--dry-run", action="store_true")
+    r.set_defaults(fn=cmd_reproduce)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cmmc`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"cmmc: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

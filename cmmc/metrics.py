@@ -1,0 +1,187 @@
+"""Clustering metrics: ACC (Hungarian), NMI (arithmetic), purity and ARI.
+
+All metrics are computed from one contingency matrix built with ``np.bincount`` (no
+per-sample Python loops). Labels may be any integer-like values (e.g. 1-based, negative,
+non-contiguous); the number of predicted clusters may differ from the number of classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy.optimize import linear_sum_assignment
+
+__all__ = [
+    "check_metrics",
+    "cluster_acc",
+    "contingency_matrix",
+    "ari",
+    "evaluate",
+    "nmi",
+    "purity",
+]
+
+METRIC_KEYS: tuple[str, ...] = ("ACC", "NMI", "PUR", "ARI")
+
+
+def _as_labels(y: ArrayLike, name: str) -> np.ndarray:
+    """Return ``y`` as a 1-D int64 array, raising ValueError if it is not integer-like."""
+    a = np.asarray(y)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape} (ravel .mat labels first)")
+    if a.size == 0:
+        raise ValueError(f"{name} is empty")
+    if a.dtype == bool or np.issubdtype(a.dtype, np.integer):
+        return a.astype(np.int64)
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{name} contains NaN or Inf")
+        if not np.all(a == np.round(a)):
+            raise ValueError(f"{name} must contain integer-like labels, got non-integer floats")
+        return a.astype(np.int64)
+    raise ValueError(f"{name} must contain integer-like labels, got dtype {a.dtype}")
+
+
+def _prepare(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    t = _as_labels(y_true, "y_true")
+    p = _as_labels(y_pred, "y_pred")
+    if t.shape[0] != p.shape[0]:
+        raise ValueError(
+            f"y_true and y_pred must have the same length, got {t.shape[0]} and {p.shape[0]}"
+        )
+    return t, p
+
+
+def contingency_matrix(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray:
+    """Counts ``C[i, j]`` = #samples of class i (rows) put in cluster j (columns), int64."""
+    t, p = _prepare(y_true, y_pred)
+    return _contingency(t, p)
+
+
+def _contingency(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    _, ti = np.unique(t, return_inverse=True)
+    _, pi = np.unique(p, return_inverse=True)
+    n_t = int(ti.max()) + 1
+    n_p = int(pi.max()) + 1
+    flat = ti.reshape(-1) * n_p + pi.reshape(-1)
+    return np.bincount(flat, minlength=n_t * n_p).reshape(n_t, n_p).astype(np.int64)
+
+
+def _acc_from_c(c: np.ndarray) -> float:
+    rows, cols = linear_sum_assignment(c, maximize=True)
+    return float(c[rows, cols].sum() / c.sum())
+
+
+def _pur_from_c(c: np.ndarray) -> float:
+    return float(c.max(axis=0).sum() / c.sum())
+
+
+def _entropy(counts: np.ndarray) -> float:
+    n = counts.sum()
+    p = counts[counts > 0] / n
+    return float(-(p * np.log(p)).sum())
+
+
+def _nmi_from_c(c: np.ndarray) -> float:
+    n_t, n_p = c.shape
+    if n_t == n_p == 1:  # both partitions trivial: sklearn convention
+        return 1.0
+    n = c.sum()
+    a = c.sum(axis=1)
+    b = c.sum(axis=0)
+    nz = c > 0
+    pij = c[nz] / n
+    outer = np.outer(a, b)[nz] / (n * n)
+    mi = float((pij * np.log(pij / outer)).sum())
+    if mi <= 0.0:
+        return 0.0
+    denom = 0.5 * (_entropy(a) + _entropy(b))
+    return float(min(mi / max(denom, np.finfo(np.float64).eps), 1.0))
+
+
+def _ari_from_c(c: np.ndarray) -> float:
+    n = float(c.sum())
+    cf = c.astype(np.float64)
+    sum_ij = float((cf * (cf - 1.0)).sum() / 2.0)
+    a = cf.sum(axis=1)
+    b = cf.sum(axis=0)
+    sum_a = float((a * (a - 1.0)).sum() / 2.0)
+    sum_b = float((b * (b - 1.0)).sum() / 2.0)
+    total = n * (n - 1.0) / 2.0
+    expected = sum_a * sum_b / total if total > 0 else 0.0
+    max_index = 0.5 * (sum_a + sum_b)
+    denom = max_index - expected
+    if denom == 0.0:  # both partitions all-singletons or both one cluster: identical
+        return 1.0
+    return float((sum_ij - expected) / denom)
+
+
+def cluster_acc(y_true: ArrayLike, y_pred: ArrayLike) -> float:
+    """Clustering accuracy: best one-to-one cluster→class mapping (Hungarian), in [0, 1].
+
+    With more clusters than classes the unmatched clusters count as errors (and vice versa).
+    """
+    t, p = _prepare(y_true, y_pred)
+    return _acc_from_c(_contingency(t, p))
+
+
+def nmi(y_true: ArrayLike, y_pred: ArrayLike) -> float:
+    """Normalised mutual information, arithmetic-mean normalisation (scikit-learn default)."""
+    t, p = _prepare(y_true, y_pred)
+    return _nmi_from_c(_contingency(t, p))
+
+
+def purity(y_true: ArrayLike, y_pred: ArrayLike) -> float:
+    """Purity: each predicted cluster votes for its majority class; fraction of agreeing samples."""
+    t, p = _prepare(y_true, y_pred)
+    return _pur_from_c(_contingency(t, p))
+
+
+def ari(y_true: ArrayLike, y_pred: ArrayLike) -> float:
+    """Adjusted Rand index (Hubert & Arabie), in [-1, 1]; 1.0 for identical partitions."""
+    t, p = _prepare(y_true, y_pred)
+    return _ari_from_c(_contingency(t, p))
+
+
+def evaluate(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, float]:
+    """All four metrics from one contingency matrix: keys "ACC", "NMI", "PUR", "ARI"."""
+    t, p = _prepare(y_true, y_pred)
+    c = _contingency(t, p)
+    return {
+        "ACC": _acc_from_c(c),
+        "NMI": _nmi_from_c(c),
+        "PUR": _pur_from_c(c),
+        "ARI": _ari_from_c(c),
+    }
+
+
+def check_metrics(m: Mapping[str, float]) -> list[str]:
+    """Sanity problems of a metrics dict (missing/non-finite values, ranges, PUR >= ACC).
+
+    Returns an empty list when everything is consistent.
+    """
+    problems: list[str] = []
+    vals: dict[str, float] = {}
+    for k in METRIC_KEYS:
+        if k not in m:
+            problems.append(f"missing key {k!r}")
+            continue
+        try:
+            v = float(m[k])
+        except (TypeError, ValueError):
+            problems.append(f"{k} is not a number: {m[k]!r}")
+            continue
+        if not np.isfinite(v):
+            problems.append(f"{k} is not finite: {v}")
+            continue
+        vals[k] = v
+    for k in ("ACC", "NMI", "PUR"):
+        if k in vals and not (0.0 <= vals[k] <= 1.0):
+            problems.append(f"{k}={vals[k]:.6g} outside [0, 1]")
+    if "ARI" in vals and not (-1.0 <= vals["ARI"] <= 1.0):
+        problems.append(f"ARI={vals['ARI']:.6g} outside [-1, 1]")
+    if "ACC" in vals and "PUR" in vals and vals["PUR"] < vals["ACC"] - 1e-9:
+        problems.append(f"PUR={vals['PUR']:.6g} < ACC={vals['ACC']:.6g} (impossible)")
+    return problems

@@ -1,0 +1,447 @@
+"""Experiment runner: a grid of (experiment, dataset, variant, seed) -> one JSON record per run.
+
+Records are keyed by a hash of everything that determines the run (dataset, views, samples,
+full configuration, seed, device type), written atomically (temp file + rename), and skipped
+when present: a killed grid resumes where it stopped and a changed configuration never
+reuses a stale record. Runs fan out over local worker processes (one torch thread per core
+share) or over a Dask distributed cluster; both produce the same records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RECORD_VERSION = 1
+_HERE = Path(__file__).parent
+DATASET_KEYS = ("views", "n_samples")  # variant keys that select data rather than configure
+
+
+def experiments() -> dict[str, dict[str, Any]]:
+    """The experiment definitions of ``cmmc/experiments.toml``."""
+    with open(_HERE / "experiments.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+def _variants(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    if "grid" in spec:  # a Cartesian grid of Config fields, e.g. tau_f x tau_l
+        keys = list(spec["grid"])
+        return {
+            "-".join(f"{k}={v}" for k, v in zip(keys, combo, strict=True)): dict(
+                zip(keys, combo, strict=True)
+            )
+            for combo in itertools.product(*(spec["grid"][k] for k in keys))
+        }
+    return spec.get("variants", {"default": {}})
+
+
+def plan(
+    experiment: str,
+    datasets: Iterable[str] | None = None,
+    seeds: Iterable[int] | None = None,
+    variants: Iterable[str] | None = None,
+    profile: str = "paper",
+    device: str = "cpu",
+    results_dir: str | Path = "results",
+) -> list[dict[str, Any]]:
+    """Expand an experiment into tasks (plain dicts, picklable, one per run)."""
+    from cmmc.config import make_config
+
+    specs = experiments()
+    if experiment not in specs:
+        raise ValueError(f"unknown experiment {experiment!r}; known: {sorted(specs)}")
+    spec = specs[experiment]
+    all_variants = _variants(spec)
+    chosen = list(variants) if variants else list(all_variants)
+    unknown = [v for v in chosen if v not in all_variants]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown} of {experiment}; known: {list(all_variants)}")
+    seed_list = list(seeds) if seeds is not None else list(range(spec.get("seeds", 1)))
+    tasks = []
+    for dataset in datasets or spec["datasets"]:
+        sizes = spec.get("sizes", [None])
+        for vname, seed, n in itertools.product(chosen, seed_list, sizes):
+            overrides = dict(all_variants[vname])
+            data_opts = {k: overrides.pop(k) for k in DATASET_KEYS if k in overrides}
+            if n is not None:
+                data_opts["n_samples"] = n
+            overrides.update(spec.get("schedule", {}))
+            if "eval_every" in spec and "eval_every" not in overrides:
+                overrides["eval_every"] = spec["eval_every"]
+            cfg_dataset = None if dataset == "synthetic" else dataset
+            config = make_config(cfg_dataset, profile, **overrides).to_dict()
+            task = {
+                "experiment": experiment,
+                "kind": spec["kind"],
+                "dataset": dataset,
+                "variant": vname if n is None else f"{vname}-n{n}",
+                "seed": int(seed),
+                "profile": profile,
+                "device": device,
+                "data": data_opts,
+                "config": config,
+                "options": {k: spec[k] for k in ("multilevel", "tsne_points") if k in spec},
+            }
+            task["key"] = run_key(task)
+            task["path"] = str(record_path(results_dir, task))
+            tasks.append(task)
+    return tasks
+
+
+def run_key(task: dict[str, Any]) -> str:
+    """Hash of everything that determines a run's outcome."""
+    device_type = "cpu" if task["device"] == "cpu" else "accelerator:" + task["device"]
+    payload = {
+        "v": RECORD_VERSION,
+        "kind": task["kind"],
+        "dataset": task["dataset"],
+        "data": task["data"],
+        "config": task["config"] if task["kind"] != "baselines" else {},
+        "seed": task["seed"],
+        "device": device_type,
+        "options": task["options"],
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def record_path(results_dir: str | Path, task: dict[str, Any]) -> Path:
+    """results/<experiment>/<dataset>/<variant>/seed<k>-<key>.json"""
+    safe = task["variant"].replace("/", "_")
+    return (
+        Path(results_dir)
+        / task["experiment"]
+        / task["dataset"]
+        / safe
+        / f"seed{task['seed']}-{task['key']}.json"
+    )
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temp file in the same folder, fsync, then rename over the target."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=_jsonable)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def environment() -> dict[str, Any]:
+    """Library versions, git commit, host and CPU/GPU of this process."""
+    import scipy
+    import sklearn
+    import torch
+
+    import cmmc
+
+    root = _HERE.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--", "cmmc"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+        )
+    except OSError:
+        commit, dirty = "", False
+    cpu = platform.processor()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "sklearn": sklearn.__version__,
+        "cmmc": cmmc.__version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "host": socket.gethostname(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def _load(task: dict[str, Any]):
+    from cmmc.data import Dataset, load_dataset
+    from cmmc.synthetic import make_multiview_blobs
+
+    opts = task["data"]
+    n = opts.get("n_samples")
+    if task["dataset"] == "synthetic":
+        views, y = make_multiview_blobs(n or 1000, 10, 2, seed=task["seed"])
+        return Dataset("synthetic", views, y, 10, ["view1", "view2"])
+    ds = load_dataset(task["dataset"], views=opts.get("views"))
+    if n is not None:
+        rng = np.random.default_rng(task["seed"])
+        if n > ds.n_samples:  # scalability beyond N: tile the set (noted in the record)
+            idx = rng.choice(ds.n_samples, n, replace=True)
+        else:
+            idx = rng.choice(ds.n_samples, n, replace=False)
+        ds = ds.subset(np.sort(idx))
+    return ds
+
+
+def _pretrain_cache_path(task: dict[str, Any], results_dir: Path) -> Path:
+    cfg = task["config"]
+    keep = ("pretrain_epochs", "batch_size", "lr", "low_dim", "high_dim", "recon_form", "precision")
+    payload = {k: cfg[k] for k in keep}
+    payload.update(dataset=task["dataset"], data=task["data"], seed=task["seed"])
+    payload.update(device=task["device"], v=RECORD_VERSION)
+    h = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return results_dir / ".cache" / "pretrain" / f"{h}.pt"
+
+
+def _peak_memory_mb(device) -> dict[str, float]:
+    import torch
+
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _round(x: Any) -> Any:
+    if isinstance(x, float):
+        return float(f"{x:.6g}")
+    if isinstance(x, dict):
+        return {k: _round(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_round(v) for v in x]
+    return x
+
+
+def _run_cmmc(task: dict[str, Any], ds, results_dir: Path) -> dict[str, Any]:
+    from cmmc.analysis import multilevel, tsne_2d
+    from cmmc.config import Config
+    from cmmc.estimator import CMMC
+    from cmmc.metrics import evaluate
+
+    cfg = Config(**task["config"])
+    model = CMMC(ds.n_clusters, random_state=task["seed"], device=task["device"], config=cfg)
+    model.progress = False
+    snapshots: dict[str, Any] = {}
+    snapshot = None
+    if task["kind"] == "tsne":
+        rng = np.random.default_rng(task["seed"])
+        pick = np.sort(
+            rng.choice(
+                ds.n_samples, min(task["options"]["tsne_points"], ds.n_samples), replace=False
+            )
+        )
+        snapshot = lambda phase, emb: snapshots.__setitem__(  # noqa: E731
+            phase,
+            {
+                k: [tsne_2d(v[pick], task["seed"]).round(3).tolist() for v in emb[k]]
+                for k in ("z", "h", "q")
+            },
+        )
+        snapshots["indices"] = pick.tolist()
+        snapshots["labels"] = ds.labels[pick].tolist()
+    cache = None
+    if cfg.pretrain_epochs > 0 and task["kind"] == "cmmc":
+        cache = _pretrain_cache_path(task, results_dir)
+    cached = cache is not None and cache.exists()
+    model.fit(
+        ds.views,
+        ds.labels,
+        pretrain_cache=str(cache) if cache else None,
+        on_phase_end=snapshot,
+    )
+    rec: dict[str, Any] = {"metrics": evaluate(ds.labels, model.labels_)}
+    contrastive = [r["loss"] for r in model.history_ if r["phase"] == "contrastive"]
+    rec["final_contrastive_loss"] = contrastive[-1] if contrastive else None
+    rec["final_loss"] = model.history_[-1]["loss"] if model.history_ else None
+    rec["history"] = model.history_
+    rec["phase_seconds"] = model.phase_seconds_
+    rec["pretrain_from_cache"] = cached
+    if task["options"].get("multilevel"):
+        rec["multilevel"] = multilevel(
+            model.embed(ds.views), ds.labels, ds.n_clusters, task["seed"]
+        )
+    if snapshots:
+        rec["tsne"] = snapshots
+    rec["labels_sha256"] = hashlib.sha256(np.asarray(model.labels_, np.int64).tobytes()).hexdigest()
+    return rec
+
+
+def _run_baselines(task: dict[str, Any], ds) -> dict[str, Any]:
+    from cmmc.baselines import run_baselines
+
+    return {"baselines": run_baselines(ds.views, ds.labels, ds.n_clusters, task["seed"])}
+
+
+def _run_scalability(task: dict[str, Any], ds) -> dict[str, Any]:
+    rec = _run_cmmc({**task, "kind": "scalability"}, ds, Path("."))
+    per_epoch: dict[str, float] = {}
+    for phase in ("pretrain", "contrastive", "finetune"):
+        secs = [r["seconds"] for r in rec["history"] if r["phase"] == phase]
+        if secs:  # the first epoch carries warm-up costs: report the median
+            per_epoch[phase] = float(np.median(secs))
+    rec["seconds_per_epoch"] = per_epoch
+    rec["n_samples"] = ds.n_samples
+    return rec
+
+
+def run_task(task: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
+    """Run one task in this process and write its record; returns the record (or the stored one)."""
+    import torch
+
+    path = Path(task["path"])
+    if path.exists():
+        return json.loads(path.read_text())
+    if threads:
+        torch.set_num_threads(threads)
+    from cmmc.estimator import resolve_device
+
+    device = resolve_device(task["device"])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = datetime.now(UTC).isoformat()
+    t0 = time.perf_counter()
+    ds = _load(task)
+    results_dir = path.parents[3]
+    if task["kind"] in ("cmmc", "tsne"):
+        body = _run_cmmc({**task, "device": str(device)}, ds, results_dir)
+    elif task["kind"] == "baselines":
+        body = _run_baselines(task, ds)
+    elif task["kind"] == "scalability":
+        body = _run_scalability({**task, "device": str(device)}, ds)
+    else:
+        raise ValueError(f"unknown experiment kind {task['kind']!r}")
+    record = {
+        "record_version": RECORD_VERSION,
+        **{k: task[k] for k in ("key", "experiment", "kind", "dataset", "variant", "seed")},
+        **{k: task[k] for k in ("profile", "data", "config", "options")},
+        "device": str(device),
+        "n_samples": ds.n_samples,
+        "dims": ds.dims,
+        "n_clusters": ds.n_clusters,
+        **body,
+        "total_seconds": time.perf_counter() - t0,
+        **_peak_memory_mb(device),
+        "environment": environment(),
+        "started": started,
+        "finished": datetime.now(UTC).isoformat(),
+    }
+    record = _round(record)
+    write_json_atomic(path, record)
+    return record
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_grid(
+    tasks: list[dict[str, Any]],
+    workers: int = 1,
+    engine: str = "local",
+    scheduler: str | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run every task without a record; ``engine`` is "local" (processes) or "dask"."""
+    from tqdm.auto import tqdm
+
+    todo = [t for t in tasks if not Path(t["path"]).exists()]
+    done = [json.loads(Path(t["path"]).read_text()) for t in tasks if Path(t["path"]).exists()]
+    if not todo:
+        return done
+    threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+    bar = tqdm(total=len(todo), desc="runs", disable=not progress)
+    if engine == "dask":
+        from distributed import Client, LocalCluster
+        from distributed import as_completed as dask_completed
+
+        if scheduler:
+            client = Client(scheduler)
+        else:
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+            )
+            client = Client(cluster)
+        try:
+            futures = [client.submit(run_task, t, threads, pure=False) for t in todo]
+            for fut in dask_completed(futures):
+                done.append(fut.result())
+                bar.update()
+        finally:
+            client.close()
+            if not scheduler:
+                cluster.close()
+    elif engine == "local":
+        if workers <= 1:
+            _worker_init(threads)
+            for t in todo:
+                done.append(run_task(t))
+                bar.update()
+        else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("spawn")
+            with ProcessPoolExecutor(
+                workers,
+                mp_context=ctx,
+                initializer=_worker_init,
+                initargs=(threads,),
+                max_tasks_per_child=1,  # a fresh process per run: honest peak memory
+            ) as pool:
+                futs = [pool.submit(run_task, t) for t in todo]
+                for fut in as_completed(futs):
+                    done.append(fut.result())
+                    bar.update()
+    else:
+        raise ValueError(f"engine must be 'local' or 'dask', got {engine!r}")
+    bar.close()
+    return done
+
+
+def load_records(results_dir: str | Path, experiment: str | None = None) -> list[dict[str, Any]]:
+    """Every record under ``results_dir`` (optionally one experiment's)."""
+    root = Path(results_dir) / experiment if experiment else Path(results_dir)
+    if not root.exists():
+        return []
+    return [json.loads(p.read_text()) for p in sorted(root.rglob("seed*-*.json"))]
