@@ -1,0 +1,49 @@
+# cmmc: set-up, tests, the book, the browser check, CI.
+#   make book            set up .venv if needed, execute every notebook (quick profile), build
+#   make test            set up .venv if needed, ruff check + ruff format --check + pytest
+#   PROFILE=paper make book    the full reproduction (writes results/)
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PROFILE ?= quick
+JOBS    ?= 1
+BOOK_ARGS ?=
+STAMP   := $(VENV)/.cmmc-installed
+
+.PHONY: setup test lint book book-only check-site architecture ci clean
+
+setup: $(STAMP)
+
+# torch is pinned to 2.13.0 in requirements.txt; this machine's pip finds the CPU-only wheel
+# (2.13.0+cpu). Elsewhere use PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet -e . --no-deps
+	$(BIN)/python -c "import torch, sys; print('torch', torch.__version__); sys.exit('a CUDA build of torch was installed; see the Makefile' if torch.version.cuda else 0)"
+	touch $@
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+book: setup
+	$(BIN)/python scripts/build_book.py --profile $(PROFILE) --jobs $(JOBS) $(BOOK_ARGS)
+
+book-only: setup
+	$(BIN)/python scripts/build_book.py --skip-execute $(BOOK_ARGS)
+
+check-site: setup
+	$(BIN)/python scripts/check_site.py
+
+architecture: setup
+	$(BIN)/python scripts/draw_architecture.py
+
+ci:
+	bash .ci/run
+
+clean:
+	rm -rf book/_build book/*.ipynb
