@@ -87,6 +87,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         profile=args.profile,
         device=args.device,
         results_dir=args.results,
+        n_samples=args.n_samples,
     )
     if args.dry_run:
         for t in tasks:
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--engine", default="local", choices=["local", "dask"])
     r.add_argument("--scheduler", help="address of a running Dask scheduler (engine dask)")
     r.add_argument("--results", default="results")
+    r.add_argument("--n-samples", type=int, help="run on a seeded subset of this size")
     r.add_argument("--dry-run", action="store_true")
     r.set_defaults(fn=cmd_reproduce)
     return p

@@ -59,8 +59,12 @@ def plan(
     profile: str = "paper",
     device: str = "cpu",
     results_dir: str | Path = "results",
+    n_samples: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Expand an experiment into tasks (plain dicts, picklable, one per run)."""
+    """Expand an experiment into tasks (plain dicts, picklable, one per run).
+
+    ``n_samples`` runs every task on a seeded subset of that many samples (quick checks).
+    """
     from cmmc.config import make_config
 
     specs = experiments()
@@ -81,6 +85,8 @@ def plan(
             data_opts = {k: overrides.pop(k) for k in DATASET_KEYS if k in overrides}
             if n is not None:
                 data_opts["n_samples"] = n
+            elif n_samples is not None:
+                data_opts["n_samples"] = n_samples
             overrides.update(spec.get("schedule", {}))
             if "eval_every" in spec and "eval_every" not in overrides:
                 overrides["eval_every"] = spec["eval_every"]
