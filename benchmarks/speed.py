@@ -113,15 +113,23 @@ def main() -> None:
         )
     est = sum(secs[ph] * epochs[ph] for ph in epochs)
     print(f"estimated schedule (epochs x s/epoch, no k-means): {est:.0f} s")
-    result = {"dataset": ds.name, "precision": args.precision, "matmul_gflops": rate,
-              "gflop_per_epoch": flop, "seconds_per_epoch": secs, "estimated_total_s": est,
-              "threads": torch.get_num_threads()}
+    result = {
+        "dataset": ds.name,
+        "precision": args.precision,
+        "matmul_gflops": rate,
+        "gflop_per_epoch": flop,
+        "seconds_per_epoch": secs,
+        "estimated_total_s": est,
+        "threads": torch.get_num_threads(),
+    }
     if args.full:
         t0 = time.perf_counter()
         model = CMMC(ds.n_clusters, random_state=args.seed, config=config).fit(ds.views)
         total = time.perf_counter() - t0
         metrics = evaluate(ds.labels, model.labels_)
-        print(f"full schedule: {total:.0f} s  phases {json.dumps({k: round(v, 1) for k, v in model.phase_seconds_.items()})}")
+        print(
+            f"full schedule: {total:.0f} s  phases {json.dumps({k: round(v, 1) for k, v in model.phase_seconds_.items()})}"
+        )
         print(f"metrics: {json.dumps({k: round(v, 4) for k, v in metrics.items()})}")
         result.update(full_seconds=total, phase_seconds=model.phase_seconds_, metrics=metrics)
     if args.json:

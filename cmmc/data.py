@@ -179,11 +179,14 @@ def cache_dir() -> Path:
 
 
 def data_dirs() -> list[Path]:
-    """Folders searched for data files: ``$CMMC_DATA_DIR`` (if set), then :func:`cache_dir`."""
+    """Folders searched: ``$CMMC_DATA_DIR`` (if set), the checkout's ``data/``, :func:`cache_dir`."""
     dirs = []
     env = os.environ.get("CMMC_DATA_DIR")
     if env:
         dirs.append(Path(env).expanduser())
+    repo_data = Path(__file__).resolve().parent.parent / "data"  # a source checkout's data/
+    if repo_data.is_dir():
+        dirs.append(repo_data)
     dirs.append(cache_dir())
     return dirs
 

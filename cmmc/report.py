@@ -1,0 +1,566 @@
+"""Helpers of the book's experiment pages: records -> DataFrames, summaries, published numbers.
+
+Every experiment page follows the same pattern::
+
+    records, info = ensure_records("main", RESULTS, profile, rerun, quick_kwargs={...})
+    df = records_frame(records)
+    table = summary_table(df, by=["dataset", "variant"])
+
+``ensure_records`` reads the records of an experiment from the results directory and computes
+them (``cmmc.runner.plan`` + ``run_grid``) when the reader asks for it (``rerun``) or, in the
+``quick`` profile, when none are there. In the ``paper`` profile it never starts hours of
+computation on its own: it shows what exists and lists what is missing.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cmmc.metrics import METRIC_KEYS, check_metrics
+
+METRICS: tuple[str, ...] = tuple(METRIC_KEYS)
+_ROOT = Path(__file__).resolve().parents[1]
+PUBLISHED_PATH = _ROOT / "data" / "published.toml"
+# Identity of one run, whatever its key: later records of the same identity replace earlier ones.
+IDENTITY = ("experiment", "dataset", "variant", "seed", "profile", "n_samples", "device")
+
+
+# --------------------------------------------------------------------------------------------
+# Locations
+# --------------------------------------------------------------------------------------------
+def find_root(start: str | Path | None = None) -> Path:
+    """The repository root (the folder holding ``cmmc/experiments.toml``), from ``start`` up."""
+    here = Path(start or Path.cwd()).resolve()
+    for p in [here, *here.parents]:
+        if (p / "cmmc" / "experiments.toml").exists() and (p / "book").is_dir():
+            return p
+    return _ROOT
+
+
+def resolve_results(results_dir: str | Path, root: str | Path | None = None) -> Path:
+    """``results_dir`` as an absolute path; a relative one is relative to ``root/book``."""
+    p = Path(results_dir)
+    if not p.is_absolute():
+        p = (Path(root or find_root()) / "book" / p).resolve()
+    return p
+
+
+def use_data_dir(data_dir: str | Path | None) -> str | None:
+    """Point ``CMMC_DATA_DIR`` at ``data_dir`` when given; returns the directory in use."""
+    if data_dir:
+        os.environ["CMMC_DATA_DIR"] = str(Path(data_dir).resolve())
+    return os.environ.get("CMMC_DATA_DIR")
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------
+def _ident(rec: Mapping[str, Any]) -> tuple:
+    return tuple(str(rec.get(k)) for k in IDENTITY)
+
+
+def dedupe(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One record per run identity (experiment, dataset, variant, seed, profile, N, device).
+
+    A run recorded twice (e.g. before and after a configuration change) keeps its latest record.
+    """
+    best: dict[tuple, dict[str, Any]] = {}
+    for r in records:
+        k = _ident(r)
+        if k not in best or str(r.get("finished", "")) >= str(best[k].get("finished", "")):
+            best[k] = dict(r)
+    return sorted(best.values(), key=lambda r: _ident(r))
+
+
+def with_sizes(
+    tasks: Sequence[dict[str, Any]], sizes: Sequence[int], results_dir: str | Path
+) -> list[dict[str, Any]]:
+    """Scalability tasks for other sample sizes than ``experiments.toml`` lists.
+
+    Keys and paths are those ``cmmc reproduce`` would give the same sizes, so records are shared.
+    """
+    from cmmc.runner import record_path, run_key
+
+    out, seen = [], set()
+    for t in tasks:
+        base = str(t["variant"]).rsplit("-n", 1)[0]
+        ident = (t["dataset"], base, t["seed"])
+        if ident in seen:
+            continue
+        seen.add(ident)
+        for n in sizes:
+            nt = copy.deepcopy(t)
+            nt["data"]["n_samples"] = int(n)
+            nt["variant"] = f"{base}-n{int(n)}"
+            nt["key"] = run_key(nt)
+            nt["path"] = str(record_path(results_dir, nt))
+            out.append(nt)
+    return out
+
+
+def plan_tasks(
+    experiment: str,
+    results_dir: str | Path,
+    profile: str,
+    device: str = "cpu",
+    datasets: Sequence[str] | None = None,
+    seeds: Iterable[int] | int | None = None,
+    variants: Sequence[str] | None = None,
+    n_samples: int | None = None,
+    sizes: Sequence[int] | None = None,
+) -> list[dict[str, Any]]:
+    """``cmmc.runner.plan`` with an int ``seeds`` meaning 0..seeds-1 and optional ``sizes``."""
+    from cmmc.runner import plan
+
+    if isinstance(seeds, int):
+        seeds = range(seeds)
+    tasks = plan(
+        experiment,
+        datasets=datasets,
+        seeds=seeds,
+        variants=variants,
+        profile=profile,
+        device=device,
+        results_dir=results_dir,
+        n_samples=n_samples,
+    )
+    if sizes is not None:
+        tasks = with_sizes(tasks, sizes, results_dir)
+    return tasks
+
+
+def ensure_records(
+    experiment: str,
+    results_dir: str | Path,
+    profile: str,
+    rerun: bool = False,
+    quick_kwargs: Mapping[str, Any] | None = None,
+    paper_kwargs: Mapping[str, Any] | None = None,
+    device: str = "cpu",
+    workers: int = 1,
+    compute_missing: bool | None = None,
+    progress: bool = False,
+    isolate: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Records of ``experiment`` under ``results_dir``, computed when needed.
+
+    The plan is ``quick_kwargs`` (datasets, seeds, variants, n_samples, sizes) in the quick
+    profile and ``paper_kwargs`` (default: everything of ``experiments.toml``) otherwise.
+    Computation happens when ``rerun`` is true (runs of the plan without a record are computed;
+    a run whose record exists is the same computation and keeps its record) or when no record
+    of the experiment exists and ``compute_missing`` (default: only in the quick profile).
+
+    Returns ``(records, info)``: the records of the page's profile when there are any (else all
+    records found), de-duplicated; ``info`` has ``computed`` (number of runs computed now),
+    ``found`` (records found before), ``profiles`` (profiles of the returned records),
+    ``planned`` (runs in the plan) and ``missing`` (a DataFrame of planned runs without a record).
+
+    ``isolate`` runs every task alone in a fresh process with all cores' threads (one after the
+    other): the record's peak memory is then that run's own (``ru_maxrss`` is a per-process
+    maximum, so runs sharing a process would report the largest so far).
+    """
+    from cmmc.runner import load_records, run_grid
+
+    results_dir = Path(results_dir)
+    kwargs = dict(quick_kwargs or {}) if profile == "quick" else dict(paper_kwargs or {})
+    if compute_missing is None:
+        compute_missing = profile == "quick"
+    tasks = plan_tasks(experiment, results_dir, profile, device=device, **kwargs)
+    found = dedupe(load_records(results_dir, experiment))
+    computed = 0
+    if rerun or (not found and compute_missing):
+        todo = [t for t in tasks if not Path(t["path"]).exists()]
+        computed = len(todo)
+        if todo and isolate:
+            run_isolated(todo)
+        elif todo:
+            run_grid(tasks, workers=workers, progress=progress)
+    records = dedupe(load_records(results_dir, experiment))
+    mine = [r for r in records if r.get("profile") == profile]
+    chosen = mine if mine else records
+    have = {(r["dataset"], str(r["variant"]), int(r["seed"])) for r in chosen}
+    missing = [
+        {"dataset": t["dataset"], "variant": t["variant"], "seed": t["seed"]}
+        for t in tasks
+        if (t["dataset"], str(t["variant"]), int(t["seed"])) not in have
+    ]
+    info = {
+        "computed": computed,
+        "found": len(found),
+        "profiles": sorted({str(r.get("profile")) for r in chosen}),
+        "planned": len(tasks),
+        "missing": pd.DataFrame(missing, columns=["dataset", "variant", "seed"]),
+        "plan_profile": profile,
+    }
+    return chosen, info
+
+
+def run_isolated(tasks: Sequence[dict[str, Any]], threads: int | None = None) -> list[dict]:
+    """Run each task in its own fresh (spawned) process, one after the other."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from cmmc.runner import _worker_init, run_task
+
+    threads = threads or os.cpu_count() or 1
+    out = []
+    for t in tasks:
+        with ProcessPoolExecutor(
+            1, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(threads,)
+        ) as pool:
+            out.append(pool.submit(run_task, t).result())
+    return out
+
+
+def missing_summary(missing: pd.DataFrame) -> pd.DataFrame:
+    """Missing runs grouped: dataset, variant -> how many seeds and which."""
+    if missing is None or missing.empty:
+        return pd.DataFrame(columns=["dataset", "variant", "missing seeds"])
+    g = missing.groupby(["dataset", "variant"], sort=False)["seed"]
+    out = g.apply(lambda s: ", ".join(str(x) for x in sorted(s))).rename("missing seeds")
+    return out.reset_index()
+
+
+def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per record: identity, metrics, losses, time and memory."""
+    rows = []
+    for r in records:
+        row = {k: r.get(k) for k in ("experiment", "kind", "dataset", "variant", "seed")}
+        row.update(
+            profile=r.get("profile"),
+            device=r.get("device"),
+            n_samples=r.get("n_samples"),
+            n_views=len(r.get("dims") or []),
+        )
+        for m in METRICS:
+            row[m] = (r.get("metrics") or {}).get(m, np.nan)
+        for k in (
+            "final_contrastive_loss",
+            "final_loss",
+            "total_seconds",
+            "peak_rss_mb",
+            "peak_gpu_mb",
+        ):
+            v = r.get(k)
+            row[k] = np.nan if v is None else v
+        cfg = r.get("config") or {}
+        for k in ("pretrain_epochs", "contrastive_epochs", "finetune_epochs", "tau_f", "tau_l"):
+            row[k] = cfg.get(k)
+        row["key"] = r.get("key")
+        rows.append(row)
+    cols = [
+        "experiment", "kind", "dataset", "variant", "seed", "profile", "device", "n_samples",
+        "n_views", *METRICS, "final_contrastive_loss", "final_loss", "total_seconds",
+        "peak_rss_mb", "peak_gpu_mb", "pretrain_epochs", "contrastive_epochs",
+        "finetune_epochs", "tau_f", "tau_l", "key",
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=cols)
+
+
+def provenance(records: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence on what produced ``records``: profiles, seeds, sample sizes, devices."""
+    if not records:
+        return "no records"
+    df = records_frame(records)
+    profiles = ", ".join(sorted(df["profile"].astype(str).unique()))
+    seeds = sorted(df["seed"].astype(int).unique())
+    seed_text = f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({_ranges(seeds)})"
+    ns = sorted(df["n_samples"].dropna().astype(int).unique())
+    n_text = ", ".join(f"{n:,}" for n in ns) if len(ns) <= 6 else f"{ns[0]:,} to {ns[-1]:,}"
+    devices = ", ".join(sorted(df["device"].astype(str).unique()))
+    sched = df[["pretrain_epochs", "contrastive_epochs", "finetune_epochs"]].dropna()
+    sched_text = ""
+    if not sched.empty:
+        combos = sorted({tuple(int(x) for x in row) for row in sched.to_numpy()})
+        sched_text = (
+            "; epochs (pre-training/contrastive/fine-tuning) "
+            + ", ".join("/".join(str(x) for x in c) for c in combos[:4])
+            + (" …" if len(combos) > 4 else "")
+        )
+    return (
+        f"{len(df)} run{'s' if len(df) != 1 else ''}, profile {profiles}, {seed_text}, "
+        f"N = {n_text} samples, device {devices}{sched_text}"
+    )
+
+
+def _ranges(values: Sequence[int]) -> str:
+    values = sorted(values)
+    if not values:
+        return ""
+    parts, start, prev = [], values[0], values[0]
+    for v in values[1:] + [None]:
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        parts.append(str(start) if start == prev else f"{start}–{prev}")
+        if v is not None:
+            start = prev = v
+    return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Summaries
+# --------------------------------------------------------------------------------------------
+def summarize(
+    df: pd.DataFrame, by: Sequence[str] = ("dataset", "variant"), metrics: Sequence[str] = METRICS
+) -> pd.DataFrame:
+    """Per group: n and, per metric, mean, std (ddof=1; NaN for one run), median, best."""
+    by = list(by)
+    rows = []
+    for keys, g in df.groupby(by, sort=False, dropna=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        row = dict(zip(by, keys, strict=True))
+        row["n"] = len(g)
+        for m in metrics:
+            v = g[m].astype(float).dropna()
+            row[f"{m}_mean"] = v.mean() if len(v) else np.nan
+            row[f"{m}_std"] = v.std(ddof=1) if len(v) > 1 else np.nan
+            row[f"{m}_median"] = v.median() if len(v) else np.nan
+            row[f"{m}_best"] = v.max() if len(v) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    """A number with ``digits`` decimals, "–" for a missing one."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def fmt_mean_std(mean: float, std: float, digits: int = 3) -> str:
+    """ "0.912 ± 0.010" (just the mean when the spread is unknown)."""
+    if mean is None or not math.isfinite(mean):
+        return "–"
+    if std is None or not math.isfinite(std):
+        return fmt(mean, digits)
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def summary_table(
+    df: pd.DataFrame,
+    by: Sequence[str] = ("dataset", "variant"),
+    metrics: Sequence[str] = ("ACC", "NMI", "PUR", "ARI"),
+    stats: Sequence[str] = ("mean ± std", "median", "best"),
+    digits: int = 3,
+) -> pd.DataFrame:
+    """Display table of strings: per group, n and per metric the chosen statistics."""
+    s = summarize(df, by, metrics)
+    out = s[list(by)].copy()
+    out["n"] = s["n"]
+    for m in metrics:
+        for st in stats:
+            if st == "mean ± std":
+                out[f"{m} mean ± std"] = [
+                    fmt_mean_std(a, b, digits)
+                    for a, b in zip(s[f"{m}_mean"], s[f"{m}_std"], strict=True)
+                ]
+            else:
+                out[f"{m} {st}"] = [fmt(v, digits) for v in s[f"{m}_{st}"]]
+    return out
+
+
+def label_free_pick(
+    df: pd.DataFrame,
+    by: Sequence[str] = ("dataset", "variant"),
+    criterion: str = "final_contrastive_loss",
+) -> pd.DataFrame:
+    """Per group, the run a label-free rule picks: the lowest ``criterion`` (training loss).
+
+    Never the best run by a label-based metric. Groups without the criterion are left out.
+    """
+    d = df.dropna(subset=[criterion])
+    if d.empty:
+        return d.iloc[0:0]
+    idx = d.groupby(list(by), sort=False)[criterion].idxmin()
+    return d.loc[idx.values].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Sanity checks
+# --------------------------------------------------------------------------------------------
+def sanity(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Every metrics dict of every record (final, multi-level, baselines) through
+    :func:`cmmc.metrics.check_metrics`. Returns one row per violation (empty: all consistent).
+
+    The frame's ``attrs["checked"]`` holds the number of metric dicts checked.
+    """
+    rows, checked = [], 0
+
+    def check(rec: Mapping[str, Any], where: str, m: Mapping[str, Any]) -> None:
+        nonlocal checked
+        checked += 1
+        for problem in check_metrics(m):
+            rows.append(
+                {
+                    "experiment": rec.get("experiment"),
+                    "dataset": rec.get("dataset"),
+                    "variant": rec.get("variant"),
+                    "seed": rec.get("seed"),
+                    "where": where,
+                    "problem": problem,
+                }
+            )
+
+    for r in records:
+        if r.get("metrics"):
+            check(r, "final", r["metrics"])
+        for v, per_view in enumerate(r.get("multilevel") or []):
+            for level, m in per_view.items():
+                check(r, f"multilevel view {v} {level}", m)
+        for name, m in (r.get("baselines") or {}).items():
+            check(r, f"baseline {name}", m)
+            for v, pv in enumerate(m.get("per_view") or []):
+                check(r, f"baseline {name} view {v}", pv)
+    out = pd.DataFrame(
+        rows, columns=["experiment", "dataset", "variant", "seed", "where", "problem"]
+    )
+    out.attrs["checked"] = checked
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Baselines, multi-level
+# --------------------------------------------------------------------------------------------
+def baselines_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per (record, baseline): dataset, seed, method, metrics, seconds."""
+    rows = []
+    for r in records:
+        for name, m in (r.get("baselines") or {}).items():
+            row = {
+                "dataset": r.get("dataset"),
+                "seed": r.get("seed"),
+                "profile": r.get("profile"),
+                "n_samples": r.get("n_samples"),
+                "method": name,
+                "seconds": m.get("seconds"),
+            }
+            row.update({k: m.get(k, np.nan) for k in METRICS})
+            rows.append(row)
+    cols = ["dataset", "seed", "profile", "n_samples", "method", "seconds", *METRICS]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def multilevel_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per (record, view, level) of the multi-level read-outs."""
+    rows = []
+    for r in records:
+        names = (r.get("data") or {}).get("views")
+        for v, per_view in enumerate(r.get("multilevel") or []):
+            for level, m in per_view.items():
+                row = {
+                    "dataset": r.get("dataset"),
+                    "variant": r.get("variant"),
+                    "seed": r.get("seed"),
+                    "profile": r.get("profile"),
+                    "n_samples": r.get("n_samples"),
+                    "view": v,
+                    "view_name": names[v] if names and v < len(names) else f"view {v + 1}",
+                    "level": level,
+                }
+                row.update({k: m.get(k, np.nan) for k in METRICS})
+                rows.append(row)
+    cols = ["dataset", "variant", "seed", "profile", "n_samples", "view", "view_name", "level"]
+    return pd.DataFrame(rows, columns=[*cols, *METRICS])
+
+
+def history_frame(record: Mapping[str, Any]) -> pd.DataFrame:
+    """The per-epoch history of one record as a DataFrame."""
+    return pd.DataFrame(record.get("history") or [])
+
+
+# --------------------------------------------------------------------------------------------
+# Published numbers
+# --------------------------------------------------------------------------------------------
+def load_published(path: str | Path | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``data/published.toml`` as a DataFrame (one row per published entry) plus its sources.
+
+    Columns: method, dataset, source, cite, what, ACC, NMI, PUR, ARI, note.
+    """
+    with open(path or PUBLISHED_PATH, "rb") as f:
+        pub = tomllib.load(f)
+    sources = pub.get("sources", {})
+    rows = []
+    for e in pub.get("results", []):
+        src = sources.get(e["source"], {})
+        row = {
+            "method": e["method"],
+            "dataset": e["dataset"],
+            "source": e["source"],
+            "cite": src.get("cite", ""),
+            "what": src.get("what", e["source"]),
+            "note": e.get("note", ""),
+        }
+        row.update({m: e.get(m, np.nan) for m in METRICS})
+        rows.append(row)
+    meta = {"sources": sources, "method_cite": pub.get("method_cite", {})}
+    return pd.DataFrame(rows), meta
+
+
+def cite_role(key: str) -> str:
+    """The MyST inline role citing ``key`` (empty string for no key)."""
+    return f"{{cite}}`{key}`" if key else ""
+
+
+def verdict(mean: float, std: float, published: float, k: float = 2.0, tol: float = 0.005) -> str:
+    """Verdict "match", "exceed" or "fall short" against a published value.
+
+    Rule: match when |published − mean| ≤ k·std + tol (``tol`` covers the published rounding
+    to three decimals; with one run the std is taken as 0); otherwise exceed when the mean is
+    above the published value, fall short when below. "not tested" when either is missing.
+    """
+    if published is None or mean is None:
+        return "not tested"
+    if not (math.isfinite(float(published)) and math.isfinite(float(mean))):
+        return "not tested"
+    s = float(std) if std is not None and math.isfinite(float(std)) else 0.0
+    if abs(float(published) - float(mean)) <= k * s + tol:
+        return "match"
+    return "exceed" if mean > published else "fall short"
+
+
+def dataset_info(name: str) -> dict[str, Any]:
+    """Registry facts used by the pages: N, K, comparable_to_paper, in_paper, note."""
+    from cmmc.data import get_spec
+
+    try:
+        s = get_spec(name)
+    except ValueError:
+        return {"N": None, "K": None, "comparable_to_paper": False, "in_paper": False, "note": ""}
+    return {k: s.get(k) for k in ("N", "K", "comparable_to_paper", "in_paper", "note")}
+
+
+def is_full_schedule(df: pd.DataFrame) -> pd.Series:
+    """Rows run in the paper profile on the whole data set (the only runs that test a claim)."""
+    full_n = df["dataset"].map(lambda d: dataset_info(d)["N"])
+    return (df["profile"] == "paper") & (df["n_samples"] == full_n)
+
+
+# --------------------------------------------------------------------------------------------
+# Display
+# --------------------------------------------------------------------------------------------
+def to_markdown(df: pd.DataFrame, index: bool = False) -> str:
+    """A DataFrame as a Markdown (GFM) table, cells as strings."""
+    d = df.reset_index() if index else df
+    cols = [str(c) for c in d.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in d.itertuples(index=False):
+        cells = [str(c).replace("|", "\\|").replace("\n", " ") for c in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def show_markdown(text: str):
+    """Display Markdown in a notebook (rendered by myst-nb, so roles such as {cite} work)."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(text))

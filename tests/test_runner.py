@@ -1,0 +1,144 @@
+"""Experiment runner: records, resume after a kill, stale-config safety, Dask on loopback."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cmmc import runner
+
+DATA = os.environ.get("CMMC_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+needs_data = pytest.mark.skipif(
+    not (Path(DATA) / "synthetic3d.mat").exists(), reason="synthetic3d.mat not in the data dir"
+)
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(monkeypatch):
+    monkeypatch.setenv("CMMC_DATA_DIR", DATA)
+
+
+def tiny_plan(results, variants=("code",), seeds=(0,)):
+    return runner.plan(
+        "main",
+        datasets=["Synthetic3d"],
+        seeds=list(seeds),
+        variants=list(variants),
+        profile="quick",
+        results_dir=results,
+        n_samples=48,
+    )
+
+
+def test_plan_keys_change_with_configuration(tmp_path):
+    code, paper = tiny_plan(tmp_path, variants=("code", "paper"))
+    assert code["key"] != paper["key"]
+    assert code["path"] != paper["path"]
+    again = tiny_plan(tmp_path)[0]
+    assert again["key"] == code["key"]
+    other_seed = tiny_plan(tmp_path, seeds=(1,))[0]
+    assert other_seed["key"] != code["key"]
+    quick_vs_paper_profile = runner.plan(
+        "main", datasets=["Synthetic3d"], seeds=[0], variants=["code"], results_dir=tmp_path
+    )[0]
+    assert quick_vs_paper_profile["key"] != code["key"]
+
+
+def test_temperature_grid_expands_from_data(tmp_path):
+    tasks = runner.plan("temperature", datasets=["BDGP"], seeds=[0], results_dir=tmp_path)
+    assert len(tasks) == 25
+    assert {(t["config"]["tau_f"], t["config"]["tau_l"]) for t in tasks} == {
+        (a, b) for a in (0.1, 0.3, 0.5, 0.7, 1.0) for b in (0.1, 0.3, 0.5, 0.7, 1.0)
+    }
+
+
+def test_unknown_experiment_and_variant_are_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown experiment 'mian'"):
+        runner.plan("mian", results_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown variants"):
+        runner.plan("main", variants=["cod"], results_dir=tmp_path)
+
+
+def test_atomic_write_never_leaves_half_a_record(tmp_path):
+    target = tmp_path / "r.json"
+    runner.write_json_atomic(target, {"a": 1})
+    with pytest.raises(TypeError):
+        runner.write_json_atomic(target, {"a": object()})
+    assert json.loads(target.read_text()) == {"a": 1}
+
+
+@needs_data
+def test_records_are_written_reused_and_reproducible(tmp_path, monkeypatch):
+    tasks = tiny_plan(tmp_path)
+    (rec,) = runner.run_grid(tasks, progress=False)
+    path = Path(tasks[0]["path"])
+    assert path.exists()
+    assert rec["metrics"].keys() == {"ACC", "NMI", "PUR", "ARI"}
+    assert rec["config"]["pretrain_epochs"] == 5 and rec["n_samples"] == 48
+    assert {"torch", "git_commit", "cpu"} <= rec["environment"].keys()
+    assert len(rec["multilevel"]) == 3
+
+    def boom(*a, **k):
+        raise AssertionError("a finished run was redone")
+
+    real_run_task = runner.run_task
+    monkeypatch.setattr(runner, "run_task", boom)
+    assert runner.run_grid(tasks, progress=False)[0]["key"] == rec["key"]
+    # Recomputing the recorded run with its seed and configuration gives the same labels.
+    again = real_run_task({**tasks[0], "path": str(tmp_path / "again.json")})
+    assert again["labels_sha256"] == rec["labels_sha256"]
+    assert again["metrics"] == rec["metrics"]
+
+
+@needs_data
+def test_killed_grid_resumes_without_redoing_finished_runs(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "cmmc.cli",
+        "reproduce",
+        "main",
+        "--datasets",
+        "Synthetic3d",
+        "--variants",
+        "code",
+        "--seed-list",
+        "0",
+        "1",
+        "2",
+        "--profile",
+        "quick",
+        "--n-samples",
+        "48",
+        "--results",
+        str(tmp_path),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(tmp_path.rglob("seed*.json")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = list(tmp_path.rglob("seed*.json"))
+    assert first, "no record was written before the kill"
+    stamps = {p: p.stat().st_mtime_ns for p in first}
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = sorted(tmp_path.rglob("seed*.json"))
+    assert len(records) == 3
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in first)
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+@needs_data
+def test_dask_local_cluster_gives_the_same_records(tmp_path):
+    pytest.importorskip("distributed")
+    local = runner.run_grid(tiny_plan(tmp_path / "local"), progress=False)
+    dask = runner.run_grid(tiny_plan(tmp_path / "dask"), engine="dask", workers=1, progress=False)
+    assert local[0]["key"] == dask[0]["key"]
+    assert local[0]["labels_sha256"] == dask[0]["labels_sha256"]
+    assert local[0]["metrics"] == dask[0]["metrics"]
