@@ -187,7 +187,8 @@ def ensure_records(
     records = dedupe(load_records(results_dir, experiment))
     mine = [r for r in records if r.get("profile") == profile]
     chosen = mine if mine else records
-    have = {(r["dataset"], str(r["variant"]), int(r["seed"])) for r in chosen}
+    # A planned run counts as done only with a record of the plan's own profile.
+    have = {(r["dataset"], str(r["variant"]), int(r["seed"])) for r in mine}
     missing = [
         {"dataset": t["dataset"], "variant": t["variant"], "seed": t["seed"]}
         for t in tasks
@@ -454,7 +455,7 @@ def multilevel_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per (record, view, level) of the multi-level read-outs."""
     rows = []
     for r in records:
-        names = (r.get("data") or {}).get("views")
+        names = (r.get("data") or {}).get("views") or view_names(r.get("dataset"))
         for v, per_view in enumerate(r.get("multilevel") or []):
             for level, m in per_view.items():
                 row = {
@@ -471,6 +472,16 @@ def multilevel_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
                 rows.append(row)
     cols = ["dataset", "variant", "seed", "profile", "n_samples", "view", "view_name", "level"]
     return pd.DataFrame(rows, columns=[*cols, *METRICS])
+
+
+def view_names(dataset: str | None) -> list[str] | None:
+    """The registry's view names of a data set (None when unknown)."""
+    from cmmc.data import get_spec
+
+    try:
+        return list(get_spec(dataset).get("view_names") or []) or None
+    except (ValueError, TypeError):
+        return None
 
 
 def history_frame(record: Mapping[str, Any]) -> pd.DataFrame:
