@@ -124,10 +124,11 @@ def test_unknown_dataset_lists_names():
 def test_data_dirs(monkeypatch, tmp_path):
     monkeypatch.setenv("CMMC_DATA_DIR", str(tmp_path / "d"))
     monkeypatch.setenv("CMMC_CACHE_DIR", str(tmp_path / "c"))
-    assert data.data_dirs() == [tmp_path / "d", tmp_path / "c"]
+    repo_data = Path(data.__file__).resolve().parent.parent / "data"  # the checkout's data/
+    assert data.data_dirs() == [tmp_path / "d", repo_data, tmp_path / "c"]
     monkeypatch.delenv("CMMC_DATA_DIR")
     monkeypatch.delenv("CMMC_CACHE_DIR")
-    assert data.data_dirs() == [Path.home() / ".cache" / "cmmc"]
+    assert data.data_dirs() == [repo_data, Path.home() / ".cache" / "cmmc"]
 
 
 # --------------------------------------------------------------------------------------------
