@@ -338,6 +338,13 @@ def fmt(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
+def fmt_published(x: float | None) -> str:
+    """A published number as published (no added or dropped digits), "–" when missing."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:g}"
+
+
 def fmt_mean_std(mean: float, std: float, digits: int = 3) -> str:
     """ "0.912 ± 0.010" (just the mean when the spread is unknown)."""
     if mean is None or not math.isfinite(mean):
@@ -495,7 +502,7 @@ def history_frame(record: Mapping[str, Any]) -> pd.DataFrame:
 def load_published(path: str | Path | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """``data/published.toml`` as a DataFrame (one row per published entry) plus its sources.
 
-    Columns: method, dataset, source, cite, what, ACC, NMI, PUR, ARI, note.
+    Columns: method, dataset, source, cite, what, short, ACC, NMI, PUR, ARI, note.
     """
     with open(path or PUBLISHED_PATH, "rb") as f:
         pub = tomllib.load(f)
@@ -509,6 +516,7 @@ def load_published(path: str | Path | None = None) -> tuple[pd.DataFrame, dict[s
             "source": e["source"],
             "cite": src.get("cite", ""),
             "what": src.get("what", e["source"]),
+            "short": src.get("short", e["source"]),
             "note": e.get("note", ""),
         }
         row.update({m: e.get(m, np.nan) for m in METRICS})

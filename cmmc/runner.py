@@ -228,6 +228,7 @@ def _load(task: dict[str, Any]):
 def _pretrain_cache_path(task: dict[str, Any], results_dir: Path) -> Path:
     cfg = task["config"]
     keep = ("pretrain_epochs", "batch_size", "lr", "low_dim", "high_dim", "recon_form", "precision")
+    keep += ("eval_every",)  # the cached history carries the metrics evaluated during pre-training
     payload = {k: cfg[k] for k in keep}
     payload.update(dataset=task["dataset"], data=task["data"], seed=task["seed"])
     payload.update(device=task["device"], v=RECORD_VERSION)
