@@ -10,6 +10,7 @@ One Adam optimiser is kept across all phases. Batches are index slices of a perm
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -155,6 +156,8 @@ class Trainer:
         self.state.history.append(row)
 
     def _run_phase(self, phase: str, epochs: int, epoch_fn) -> None:
+        if epochs == 0:  # a skipped phase leaves no time entry
+            return
         start = time.perf_counter()
         bar = tqdm(range(epochs), desc=phase, disable=not self.progress, leave=False)
         for _ in bar:
@@ -163,7 +166,7 @@ class Trainer:
             self._record(phase, terms, time.perf_counter() - t0)
             bar.set_postfix(loss=f"{sum(terms.values()):.4f}")
         self.state.phase_seconds[phase] = time.perf_counter() - start
-        if self.on_phase_end is not None and epochs > 0:
+        if self.on_phase_end is not None:
             self.on_phase_end(phase, self)
 
     def _minibatch_epoch(self, terms_fn) -> dict[str, float]:
@@ -218,15 +221,17 @@ class Trainer:
 
     def checkpoint(self) -> dict:
         """Everything needed to continue exactly where training stands (weights, Adam, RNG)."""
-        return {
-            "net": self.net.state_dict(),
-            "opt": self.opt.state_dict(),
-            "rng": torch.get_rng_state(),
-            "np_rng": np.random.get_state(),
-            "epoch": self.epoch,
-            "history": list(self.state.history),
-            "phase_seconds": dict(self.state.phase_seconds),
-        }
+        return copy.deepcopy(
+            {  # copies: later training must not change a kept checkpoint
+                "net": self.net.state_dict(),
+                "opt": self.opt.state_dict(),
+                "rng": torch.get_rng_state(),
+                "np_rng": np.random.get_state(),
+                "epoch": self.epoch,
+                "history": list(self.state.history),
+                "phase_seconds": dict(self.state.phase_seconds),
+            }
+        )
 
     def restore(self, ckpt: dict) -> None:
         """Continue from :meth:`checkpoint` output; the result equals an uninterrupted run."""
