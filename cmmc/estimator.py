@@ -12,7 +12,7 @@ import torch
 
 from cmmc.config import Config, make_config
 from cmmc.model import CMMCNetwork
-from cmmc.train import Trainer, embed, read_out, set_seed
+from cmmc.train import Trainer, embed, read_out, set_seed, use_deterministic_cuda
 from cmmc.validation import check_labels, check_n_clusters, check_same_dims, check_views
 
 
@@ -87,6 +87,8 @@ class CMMC:
         labels = None if y is None else check_labels(y, n)
         self.config_ = self._config()
         self.device_ = resolve_device(self.device)
+        if self.device_.type == "cuda":
+            use_deterministic_cuda()
         set_seed(self.random_state)
         self.dims_ = [v.shape[1] for v in views]
         self.network_ = CMMCNetwork(self.dims_, k, self.config_.low_dim, self.config_.high_dim).to(

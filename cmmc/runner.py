@@ -107,7 +107,16 @@ def plan(
             task["key"] = run_key(task)
             task["path"] = str(record_path(results_dir, task))
             tasks.append(task)
+    _mark_shared_pretraining(tasks)
     return tasks
+
+
+def _mark_shared_pretraining(tasks: list[dict[str, Any]]) -> None:
+    """Cache pre-training only where two planned runs share it (ablation, temperature grid):
+    elsewhere a checkpoint per run would cost disk and time for nothing."""
+    keys = [_pretrain_key(t) for t in tasks]
+    for t, k in zip(tasks, keys, strict=True):
+        t["cache_pretrain"] = keys.count(k) > 1
 
 
 def run_key(task: dict[str, Any]) -> str:
@@ -180,6 +189,9 @@ def environment() -> dict[str, Any]:
         )
     except OSError:
         commit, dirty = "", False
+    if not commit:  # a copy of the tree without .git (e.g. a GPU machine): the launcher says
+        commit = os.environ.get("CMMC_GIT_COMMIT", "")
+        dirty = os.environ.get("CMMC_GIT_DIRTY", "") == "1"
     cpu = platform.processor()
     try:
         for line in open("/proc/cpuinfo"):
@@ -225,21 +237,29 @@ def _load(task: dict[str, Any]):
     return ds
 
 
-def _pretrain_cache_path(task: dict[str, Any], results_dir: Path) -> Path:
+def _pretrain_key(task: dict[str, Any]) -> str:
+    """Hash of everything pre-training depends on."""
     cfg = task["config"]
     keep = ("pretrain_epochs", "batch_size", "lr", "low_dim", "high_dim", "recon_form", "precision")
     keep += ("eval_every",)  # the cached history carries the metrics evaluated during pre-training
     payload = {k: cfg[k] for k in keep}
     payload.update(dataset=task["dataset"], data=task["data"], seed=task["seed"])
     payload.update(device=task["device"], v=RECORD_VERSION)
-    h = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-    return results_dir / ".cache" / "pretrain" / f"{h}.pt"
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _peak_memory_mb(device) -> dict[str, float]:
+def _pretrain_cache_path(task: dict[str, Any], results_dir: Path) -> Path:
+    return results_dir / ".cache" / "pretrain" / f"{_pretrain_key(task)}.pt"
+
+
+_RUNS_IN_PROCESS = 0  # ru_maxrss is a per-process maximum: only a process's first run owns it
+
+
+def _peak_memory_mb(device) -> dict[str, float | None]:
     import torch
 
-    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out: dict[str, float | None] = {"peak_rss_mb": rss if _RUNS_IN_PROCESS == 1 else None}
     if device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -283,7 +303,7 @@ def _run_cmmc(task: dict[str, Any], ds, results_dir: Path) -> dict[str, Any]:
         snapshots["indices"] = pick.tolist()
         snapshots["labels"] = ds.labels[pick].tolist()
     cache = None
-    if cfg.pretrain_epochs > 0 and task["kind"] == "cmmc":
+    if cfg.pretrain_epochs > 0 and task["kind"] == "cmmc" and task.get("cache_pretrain", True):
         cache = _pretrain_cache_path(task, results_dir)
     cached = cache is not None and cache.exists()
     model.fit(
@@ -341,6 +361,8 @@ def run_task(task: dict[str, Any], threads: int | None = None) -> dict[str, Any]
     device = resolve_device(task["device"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    global _RUNS_IN_PROCESS
+    _RUNS_IN_PROCESS += 1
     started = datetime.now(UTC).isoformat()
     t0 = time.perf_counter()
     ds = _load(task)
@@ -374,9 +396,12 @@ def run_task(task: dict[str, Any], threads: int | None = None) -> dict[str, Any]
 
 
 def _worker_init(threads: int) -> None:
+    """One worker's share of the cores, for torch and for the OpenMP/BLAS pools of k-means."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(threads)
+    threadpool_limits(threads)
 
 
 def run_grid(
@@ -385,8 +410,13 @@ def run_grid(
     engine: str = "local",
     scheduler: str | None = None,
     progress: bool = True,
+    fresh_processes: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run every task without a record; ``engine`` is "local" (processes) or "dask"."""
+    """Run every task without a record; ``engine`` is "local" (processes) or "dask".
+
+    ``fresh_processes`` (local engine): a new process per run, so each record's peak memory is
+    its own; ``False`` reuses workers (saves the start-up per run; peak RSS is then not recorded).
+    """
     from tqdm.auto import tqdm
 
     todo = [t for t in tasks if not Path(t["path"]).exists()]
@@ -434,7 +464,7 @@ def run_grid(
                 mp_context=ctx,
                 initializer=_worker_init,
                 initargs=(threads,),
-                max_tasks_per_child=1,  # a fresh process per run: honest peak memory
+                max_tasks_per_child=1 if fresh_processes else None,
             ) as pool:
                 futs = [pool.submit(run_task, t) for t in todo]
                 for fut in as_completed(futs):

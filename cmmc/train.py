@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import time
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -42,6 +43,16 @@ def set_seed(seed: int) -> None:
     """Fix torch's and numpy's global generators (k-means gets the seed explicitly)."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
+
+
+def use_deterministic_cuda() -> None:
+    """Ask CUDA for run-to-run identical results (cuBLAS workspace, deterministic kernels).
+
+    The cuBLAS variable must be set before the process's first CUDA matrix product; the
+    runner's workers call this at start. Kernels without a deterministic version warn.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def autocast(device: torch.device, config: Config):
@@ -170,16 +181,18 @@ class Trainer:
             self.on_phase_end(phase, self)
 
     def _minibatch_epoch(self, terms_fn) -> dict[str, float]:
-        totals: dict[str, float] = {}
+        # Sums stay on the device: a float() per batch would make the CPU wait for the GPU.
+        totals: dict[str, torch.Tensor] = {}
         n_batches = 0
         for xb in self._batches():
             with autocast(self.device, self.config):
                 terms = terms_fn(xb)
             self._step(sum(terms.values()))
             for k, v in terms.items():
-                totals[k] = totals.get(k, 0.0) + float(v.detach())
+                v = v.detach().double()
+                totals[k] = totals[k] + v if k in totals else v
             n_batches += 1
-        return {k: v / max(n_batches, 1) for k, v in totals.items()}
+        return {k: float(v) / max(n_batches, 1) for k, v in totals.items()}
 
     def pretrain_terms(self, xb: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Phase 1: reconstruction only."""
