@@ -1,16 +1,16 @@
 # cmmc: set-up, tests, the book, the browser check, CI.
-#   make book            set up .venv if needed, execute every notebook (quick profile), build
+#   make book            set up .venv if needed, execute every notebook (records profile), build
 #   make test            set up .venv if needed, ruff check + ruff format --check + pytest
 #   PROFILE=paper make book    the full reproduction (writes results/)
 PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-PROFILE ?= quick
+PROFILE ?= records
 JOBS    ?= 1
 BOOK_ARGS ?=
 STAMP   := $(VENV)/.cmmc-installed
 
-.PHONY: setup test lint book book-only check-site architecture ci clean
+.PHONY: setup test lint book book-only check-site architecture ci clean devdata
 
 setup: $(STAMP)
 
@@ -47,3 +47,12 @@ ci:
 
 clean:
 	rm -rf book/_build book/*.ipynb
+
+# The data files a GPU machine needs (it reaches no network): every file of every registry entry
+# found in $(CMMC_DATA_DIR), into .devdata/ (git-ignored; carried by scripts/device_run.sh).
+devdata: setup
+	rm -rf .devdata && mkdir -p .devdata
+	$(BIN)/python -c "from cmmc.data import copy_data_files; copy_data_files('.devdata')"
+	git rev-parse HEAD > .devdata/COMMIT
+	git diff --quiet HEAD -- cmmc && echo 0 > .devdata/DIRTY || echo 1 > .devdata/DIRTY
+	du -sh .devdata

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from datetime import UTC, datetime
 
 import numpy as np
 import torch
@@ -135,6 +136,10 @@ def main() -> None:
         print(f"metrics: {json.dumps({k: round(v, 4) for k, v in metrics.items()})}")
         result.update(full_seconds=total, phase_seconds=model.phase_seconds_, metrics=metrics)
     if args.json:
+        from cmmc.runner import environment
+
+        result.update(seed=args.seed, config=config.to_dict(), environment=environment())
+        result["finished"] = datetime.now(UTC).isoformat()
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
 

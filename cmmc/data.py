@@ -711,3 +711,27 @@ def dataset_status(data_dir: str | Path | None = None) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def copy_data_files(
+    target: str | Path, names: Sequence[str] | None = None, data_dir: str | Path | None = None
+) -> list[Path]:
+    """Copy every verified file of the named datasets (default: all present) into ``target``,
+    keeping the registry's relative names, so that ``CMMC_DATA_DIR=target`` finds them there
+    (e.g. for a machine without network). Datasets whose files are missing are skipped."""
+    import shutil
+
+    target = Path(target)
+    copied = []
+    for row in dataset_status(data_dir):
+        if (names is not None and row["name"] not in names) or not row["present"]:
+            continue
+        if row["verified"] is False:
+            raise ValueError(f"dataset {row['name']}: a file fails its checksum: {row['paths']}")
+        for rel, src in zip(row["files"], row["paths"], strict=True):
+            dst = target / rel
+            if not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+                copied.append(dst)
+    return copied

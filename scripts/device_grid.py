@@ -45,6 +45,24 @@ def ordered_tasks(experiments: list[str], device: str, results: Path, profile: s
     return [t for _, t in sorted(tasks, key=lambda x: x[0])]
 
 
+def readable(names: set[str]) -> set[str]:
+    """The datasets whose files are all present and verified (the others are reported, skipped):
+    a missing file must cost one line here, not a failed run per seed on the device."""
+    from cmmc.data import load_dataset
+
+    ok = set()
+    for name in sorted(names):
+        if name == "synthetic":
+            ok.add(name)
+            continue
+        try:
+            load_dataset(name)
+            ok.add(name)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"skipping {name}: {str(e)[:300]}", flush=True)
+    return ok
+
+
 def pack(results: Path, out: Path) -> int:
     """Tar every record (not the caches) into out/results.tar.gz atomically; returns the count."""
     files = [p for p in results.rglob("seed*-*.json") if ".cache" not in p.parts]
@@ -85,7 +103,9 @@ def main() -> None:
     results, out = Path(args.results), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tasks = ordered_tasks(args.experiments, args.device, results, args.profile)
-    todo = [t for t in tasks if not Path(t["path"]).exists()][: args.limit]
+    todo = [t for t in tasks if not Path(t["path"]).exists()]
+    todo = [t for t in todo if t["dataset"] in readable({t["dataset"] for t in todo})]
+    todo = todo[: args.limit]
     print(f"planned {len(tasks)} runs, {len(todo)} without a record", flush=True)
     # The twin run: a small set, early in the queue, so both finish well inside the budget.
     small = [t for t in todo if t["dataset"] in ("BDGP", "Synthetic3d", "Prokaryotic")]

@@ -507,3 +507,18 @@ def test_registry_n_and_dims_enforced(iso):
         data.load_from_spec(_spec(iso, "t.mat", view_keys=["A"], dims=[5]), iso)
     with pytest.raises(ValueError, match="unknown scaling"):
         data.load_from_spec(_spec(iso, "t.mat", view_keys=["A"], scaling="log"), iso)
+
+
+def test_copy_data_files_gives_a_findable_verified_copy(monkeypatch, tmp_path):
+    _need("synthetic3d.mat", *_files_of("Fashion"))
+    copied = data.copy_data_files(tmp_path / "copy", names=["Synthetic3d", "Fashion"])
+    # Every file of each entry, under the registry's relative name (Fashion: all four .gz).
+    expected = {"synthetic3d.mat", *_files_of("Fashion")}
+    assert {str(p.relative_to(tmp_path / "copy")) for p in copied} == expected
+    for rel in expected:
+        assert _sha(tmp_path / "copy" / rel) == _sha(REAL / rel)
+    monkeypatch.setenv("CMMC_DATA_DIR", str(tmp_path / "copy"))
+    monkeypatch.setattr(data, "data_dirs", lambda: [tmp_path / "copy"])
+    status = {r["name"]: r for r in data.dataset_status()}
+    assert status["Synthetic3d"]["present"] and status["Synthetic3d"]["verified"] is True
+    assert status["Synthetic3d"]["path"] == str(tmp_path / "copy" / "synthetic3d.mat")

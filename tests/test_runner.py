@@ -57,6 +57,27 @@ def test_temperature_grid_expands_from_data(tmp_path):
     }
 
 
+def test_pretraining_is_cached_only_where_runs_share_it(tmp_path):
+    ablation = runner.plan("ablation", datasets=["BDGP"], seeds=[0, 1], results_dir=tmp_path)
+    shared = {t["variant"] for t in ablation if t["cache_pretrain"]}
+    # Every variant with the default pre-training shares it with the others of its seed; the run
+    # without pre-training (0 epochs) has nothing to share.
+    assert shared == {
+        "full",
+        "no_feature_contrast",
+        "no_label_contrast",
+        "no_entropy",
+        "no_finetune",
+    }
+    one_seed = runner.plan(
+        "ablation", datasets=["BDGP"], seeds=[0], variants=["full"], results_dir=tmp_path
+    )
+    assert not one_seed[0]["cache_pretrain"]
+    # main: code and paper differ in the reconstruction form, so in pre-training too.
+    main = runner.plan("main", datasets=["BDGP"], seeds=[0], results_dir=tmp_path)
+    assert [t["cache_pretrain"] for t in main] == [False, False]
+
+
 def test_unknown_experiment_and_variant_are_named(tmp_path):
     with pytest.raises(ValueError, match="unknown experiment 'mian'"):
         runner.plan("mian", results_dir=tmp_path)

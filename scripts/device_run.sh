@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine: continue the experiment grids, bring the records back.
+#
+#   here:   make devdata                      # copies the data files into .devdata/ (ignored)
+#   device: run(command="bash scripts/device_run.sh 430", carry=[".devdata"], timeout_s=600)
+#   here:   tar xzf <files_at>/results.tar.gz # then commit results/
+#
+# The argument is the budget in seconds after which no run starts (leave ~150 s for the runs in
+# flight: a full-schedule run took 15-280 s with 12 runs sharing one H200).
+set -u
+BUDGET=${1:-430}
+export CMMC_DATA_DIR=$PWD/.devdata PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+CMMC_GIT_COMMIT=$(cat .devdata/COMMIT 2>/dev/null || true)
+CMMC_GIT_DIRTY=$(cat .devdata/DIRTY 2>/dev/null || echo 0)
+export CMMC_GIT_COMMIT CMMC_GIT_DIRTY
+OUT=${OUT:-device_out}
+mkdir -p "$OUT"
+nvidia-smi -L
+# GPU load every 5 s: tells the next session whether the GPU or the CPUs were the limit.
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 >"$OUT/gpu_util.csv" &
+python3 scripts/device_grid.py --device cuda --workers "${WORKERS:-12}" --budget "$BUDGET" \
+    --out "$OUT" ${EXPERIMENTS:+--experiments $EXPERIMENTS} 2>&1 | tee "$OUT/stdout.log" | grep -v -i warning

@@ -1,0 +1,74 @@
+"""Tests of the book's report helpers against hand computations."""
+
+from __future__ import annotations
+
+import statistics
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cmmc import report
+
+
+def frame(rows):
+    return pd.DataFrame(
+        rows, columns=["dataset", "variant", "seed", "ACC", "final_contrastive_loss"]
+    )
+
+
+def test_summarize_matches_statistics_module():
+    accs = [0.91, 0.95, 0.90, 0.97]
+    df = frame(
+        [("A", "code", s, a, 1.0 + s) for s, a in enumerate(accs)] + [("B", "code", 0, 0.5, 2.0)]
+    )
+    out = report.summarize(df, metrics=("ACC",)).set_index("dataset")
+    assert out.loc["A", "n"] == 4
+    assert out.loc["A", "ACC_mean"] == pytest.approx(statistics.mean(accs))
+    assert out.loc["A", "ACC_std"] == pytest.approx(statistics.stdev(accs))  # sample std
+    assert out.loc["A", "ACC_median"] == pytest.approx(statistics.median(accs))
+    assert out.loc["A", "ACC_best"] == 0.97
+    assert np.isnan(out.loc["B", "ACC_std"])  # one run: no spread
+
+
+def test_label_free_pick_takes_lowest_loss_not_best_acc():
+    # The best ACC (seed 2) has the highest loss; the rule must pick seed 1 (lowest loss).
+    df = frame([("A", "code", 0, 0.80, 5.0), ("A", "code", 1, 0.70, 4.0), ("A", "code", 2, 0.99, 9.0),
+                ("A", "paper", 0, 0.60, 3.0), ("A", "paper", 1, 0.65, None)])  # fmt: skip
+    picked = report.label_free_pick(df).set_index("variant")
+    assert picked.loc["code", "seed"] == 1
+    assert picked.loc["paper", "seed"] == 0  # a run without the criterion is never picked
+
+
+def test_sanity_flags_each_inconsistent_metric():
+    good = {"ACC": 0.8, "NMI": 0.7, "PUR": 0.85, "ARI": 0.6}
+    records = [
+        {"experiment": "main", "dataset": "A", "variant": "code", "seed": 0, "metrics": good},
+        {"experiment": "main", "dataset": "A", "variant": "code", "seed": 1,
+         "metrics": {**good, "PUR": 0.7}},  # PUR < ACC is impossible
+        {"experiment": "main", "dataset": "A", "variant": "code", "seed": 2,
+         "metrics": {**good, "NMI": 1.2}},  # out of range
+    ]  # fmt: skip
+    bad = report.sanity(records)
+    assert bad.attrs["checked"] == 3
+    assert sorted(bad["seed"]) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("mean", "std", "published", "expected"),
+    [
+        (0.990, 0.002, 0.995, "match"),  # within 2 std + 0.005
+        (0.950, 0.001, 0.995, "fall short"),
+        (0.998, 0.0003, 0.944, "exceed"),
+        (0.9, float("nan"), 0.904, "match"),  # one run: std 0, the rounding tolerance only
+        (0.9, 0.01, None, "not tested"),
+    ],
+)
+def test_verdict_rule(mean, std, published, expected):
+    assert report.verdict(mean, std, published) == expected
+
+
+def test_fmt_mean_std_and_published_digits():
+    assert report.fmt_mean_std(0.91234, 0.0101) == "0.912 ± 0.010"
+    assert report.fmt_mean_std(0.91234, float("nan")) == "0.912"
+    assert report.fmt_published(0.995) == "0.995" and report.fmt_published(None) == "–"
