@@ -214,6 +214,10 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        # how many runs shared the machine (set by scripts/device_grid.py; None: not recorded)
+        "concurrent_runs": int(os.environ["CMMC_CONCURRENT_RUNS"])
+        if os.environ.get("CMMC_CONCURRENT_RUNS")
+        else None,
     }
 
 
@@ -450,6 +454,7 @@ def run_grid(
             if not scheduler:
                 cluster.close()
     elif engine == "local":
+        os.environ["CMMC_CONCURRENT_RUNS"] = str(max(workers, 1))  # recorded with each run
         if workers <= 1:
             _worker_init(threads)
             for t in todo:

@@ -117,6 +117,7 @@ def main() -> None:
     running: dict = {}
     last_pack = time.perf_counter()
     done = failed = 0
+    os.environ["CMMC_CONCURRENT_RUNS"] = str(args.workers)  # recorded in every record
     ctx = mp.get_context("spawn")  # CUDA cannot live in a forked process
     with ProcessPoolExecutor(
         args.workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)
