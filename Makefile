@@ -48,11 +48,14 @@ ci:
 clean:
 	rm -rf book/_build book/*.ipynb
 
-# The data files a GPU machine needs (it reaches no network): every file of every registry entry
-# found in $(CMMC_DATA_DIR), into .devdata/ (git-ignored; carried by scripts/device_run.sh).
+# The data files a GPU machine needs (it reaches no network): every file of the data sets in
+# DATASETS (default: those of the experiment grids), into .devdata/ (git-ignored; carried by
+# scripts/device_run.sh). The tree and .devdata together must stay under the lent machine's
+# 64 MiB: as results/ grows, carry fewer data sets per call (device_grid.py skips the others).
+DATASETS ?= MNIST-USPS BDGP Fashion Hdigit Prokaryotic Synthetic3d Scene-15 LandUse-21 HW Reuters-1200 CCV
 devdata: setup
 	rm -rf .devdata && mkdir -p .devdata
-	$(BIN)/python -c "from cmmc.data import copy_data_files; copy_data_files('.devdata')"
+	$(BIN)/python -c "import sys; from cmmc.data import copy_data_files; copy_data_files('.devdata', sys.argv[1:])" $(DATASETS)
 	git rev-parse HEAD > .devdata/COMMIT
 	git diff --quiet HEAD -- cmmc && echo 0 > .devdata/DIRTY || echo 1 > .devdata/DIRTY
 	du -sh .devdata
