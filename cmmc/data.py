@@ -718,12 +718,24 @@ def copy_data_files(
 ) -> list[Path]:
     """Copy every verified file of the named datasets (default: all present) into ``target``,
     keeping the registry's relative names, so that ``CMMC_DATA_DIR=target`` finds them there
-    (e.g. for a machine without network). Datasets whose files are missing are skipped."""
+    (e.g. for a machine without network). A named dataset whose files are missing is an error
+    (FileNotFoundError naming it and the folders searched); with ``names=None`` it is skipped."""
     import shutil
 
     target = Path(target)
+    rows = dataset_status(data_dir)
+    if names is not None:  # a data set asked for by name must be there: say where we looked
+        unknown = set(names) - {r["name"] for r in rows}
+        if unknown:
+            raise ValueError(f"unknown datasets {sorted(unknown)}; known: {list_datasets()}")
+        absent = [r["name"] for r in rows if r["name"] in names and not r["present"]]
+        if absent:
+            where = ", ".join(str(d) for d in data_dirs())
+            raise FileNotFoundError(
+                f"datasets {absent}: files not found in {where} (set CMMC_DATA_DIR)"
+            )
     copied = []
-    for row in dataset_status(data_dir):
+    for row in rows:
         if (names is not None and row["name"] not in names) or not row["present"]:
             continue
         if row["verified"] is False:

@@ -522,3 +522,10 @@ def test_copy_data_files_gives_a_findable_verified_copy(monkeypatch, tmp_path):
     status = {r["name"]: r for r in data.dataset_status()}
     assert status["Synthetic3d"]["present"] and status["Synthetic3d"]["verified"] is True
     assert status["Synthetic3d"]["path"] == str(tmp_path / "copy" / "synthetic3d.mat")
+
+
+def test_copy_data_files_names_a_missing_dataset(iso):
+    with pytest.raises(FileNotFoundError, match=r"datasets \['BDGP'\].*nodata"):
+        data.copy_data_files(iso / "copy", names=["BDGP"])
+    with pytest.raises(ValueError, match="unknown datasets"):
+        data.copy_data_files(iso / "copy", names=["BDPG"])
