@@ -414,13 +414,8 @@ def run_grid(
     engine: str = "local",
     scheduler: str | None = None,
     progress: bool = True,
-    fresh_processes: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run every task without a record; ``engine`` is "local" (processes) or "dask".
-
-    ``fresh_processes`` (local engine): a new process per run, so each record's peak memory is
-    its own; ``False`` reuses workers (saves the start-up per run; peak RSS is then not recorded).
-    """
+    """Run every task without a record; ``engine`` is "local" (processes) or "dask"."""
     from tqdm.auto import tqdm
 
     todo = [t for t in tasks if not Path(t["path"]).exists()]
@@ -469,7 +464,7 @@ def run_grid(
                 mp_context=ctx,
                 initializer=_worker_init,
                 initargs=(threads,),
-                max_tasks_per_child=1 if fresh_processes else None,
+                max_tasks_per_child=1,  # a fresh process per run: honest peak memory
             ) as pool:
                 futs = [pool.submit(run_task, t) for t in todo]
                 for fut in as_completed(futs):

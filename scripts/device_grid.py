@@ -28,17 +28,26 @@ from pathlib import Path
 
 from cmmc.runner import _worker_init, plan, run_task
 
-# Larger sets first inside each seed: long runs should not be the last ones left.
-SIZE_ORDER = ["Fashion", "Hdigit", "CCV", "MNIST-USPS", "Scene-15", "HW", "LandUse-21",
-              "Reuters-1200", "BDGP", "Synthetic3d", "Prokaryotic"]  # fmt: skip
 DEFAULT_EXPERIMENTS = ["main", "convergence", "ablation", "views", "tsne", "temperature"]
+
+
+def work(dataset: str) -> int:
+    """Rough cost of a run (samples x views, from the registry): larger sets start first inside
+    each seed, so that long runs are not the last ones left."""
+    from cmmc.data import get_spec
+
+    try:
+        spec = get_spec(dataset)
+    except ValueError:  # the generated "synthetic" set
+        return 0
+    return int(spec.get("N") or 0) * len(spec.get("dims") or [])
 
 
 def ordered_tasks(experiments: list[str], device: str, results: Path, profile: str) -> list[dict]:
     tasks = []
     for rank, exp in enumerate(experiments):
         for t in plan(exp, device=device, results_dir=results, profile=profile):
-            size = SIZE_ORDER.index(t["dataset"]) if t["dataset"] in SIZE_ORDER else 99
+            size = -work(t["dataset"])
             # main: all code-variant seeds before the paper variant
             variant_rank = 0 if (exp != "main" or t["variant"] == "code") else 1
             tasks.append(((rank, variant_rank, t["seed"], size), t))
