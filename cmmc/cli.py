@@ -94,7 +94,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             print(t["path"])
         print(f"{len(tasks)} runs", file=sys.stderr)
         return 0
-    records = run_grid(tasks, workers=args.workers, engine=args.engine, scheduler=args.scheduler)
+    records = run_grid(
+        tasks,
+        workers=args.workers,
+        engine=args.engine,
+        scheduler=args.scheduler,
+        batch=args.batch,
+    )
     print(f"{len(records)} records under {args.results}/{args.experiment}", file=sys.stderr)
     return 0
 
@@ -135,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=1)
     r.add_argument("--engine", default="local", choices=["local", "dask"])
     r.add_argument("--scheduler", help="address of a running Dask scheduler (engine dask)")
+    r.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="train up to this many seeds/temperatures of one configuration at once "
+        "(stacked weights: worth it on a GPU; records name their batch)",
+    )
     r.add_argument("--results", default="results")
     r.add_argument("--n-samples", type=int, help="run on a seeded subset of this size")
     r.add_argument("--dry-run", action="store_true")

@@ -47,11 +47,16 @@ class CMMCNetwork(nn.Module):
         q = torch.softmax(self.label_head(z), dim=1)
         return h, q
 
-    def forward(self, xs: Sequence[torch.Tensor], decode: bool = True) -> dict[str, list]:
-        """Return per-view lists ``z``, ``h``, ``q`` and (when ``decode``) reconstructions ``xr``."""
+    def forward(
+        self, xs: Sequence[torch.Tensor], decode: bool = True, heads: bool = True
+    ) -> dict[str, list]:
+        """Return per-view lists ``z``, ``h``, ``q`` (when ``heads``) and reconstructions ``xr``
+        (when ``decode``)."""
         zs = self.encode(xs)
-        hs, qs = zip(*(self.heads(z) for z in zs), strict=True)
-        out = {"z": zs, "h": list(hs), "q": list(qs)}
+        out: dict[str, list] = {"z": zs}
+        if heads:
+            hs, qs = zip(*(self.heads(z) for z in zs), strict=True)
+            out.update(h=list(hs), q=list(qs))
         if decode:
             out["xr"] = [dec(z) for dec, z in zip(self.decoders, zs, strict=True)]
         return out

@@ -280,10 +280,9 @@ def _round(x: Any) -> Any:
 
 
 def _run_cmmc(task: dict[str, Any], ds, results_dir: Path) -> dict[str, Any]:
-    from cmmc.analysis import multilevel, tsne_2d
+    from cmmc.analysis import tsne_2d
     from cmmc.config import Config
     from cmmc.estimator import CMMC
-    from cmmc.metrics import evaluate
 
     cfg = Config(**task["config"])
     model = CMMC(ds.n_clusters, random_state=task["seed"], device=task["device"], config=cfg)
@@ -316,19 +315,28 @@ def _run_cmmc(task: dict[str, Any], ds, results_dir: Path) -> dict[str, Any]:
         pretrain_cache=str(cache) if cache else None,
         on_phase_end=snapshot,
     )
+    rec = _fitted_body(task, ds, model)
+    rec["pretrain_from_cache"] = cached
+    if snapshots:
+        rec["tsne"] = snapshots
+    return rec
+
+
+def _fitted_body(task: dict[str, Any], ds, model) -> dict[str, Any]:
+    """The record fields of one fitted model: metrics, losses, history, analyses."""
+    from cmmc.analysis import multilevel
+    from cmmc.metrics import evaluate
+
     rec: dict[str, Any] = {"metrics": evaluate(ds.labels, model.labels_)}
     contrastive = [r["loss"] for r in model.history_ if r["phase"] == "contrastive"]
     rec["final_contrastive_loss"] = contrastive[-1] if contrastive else None
     rec["final_loss"] = model.history_[-1]["loss"] if model.history_ else None
     rec["history"] = model.history_
     rec["phase_seconds"] = model.phase_seconds_
-    rec["pretrain_from_cache"] = cached
     if task["options"].get("multilevel"):
         rec["multilevel"] = multilevel(
             model.embed(ds.views), ds.labels, ds.n_clusters, task["seed"]
         )
-    if snapshots:
-        rec["tsne"] = snapshots
     rec["labels_sha256"] = hashlib.sha256(np.asarray(model.labels_, np.int64).tobytes()).hexdigest()
     return rec
 
@@ -379,6 +387,12 @@ def run_task(task: dict[str, Any], threads: int | None = None) -> dict[str, Any]
         body = _run_scalability({**task, "device": str(device)}, ds)
     else:
         raise ValueError(f"unknown experiment kind {task['kind']!r}")
+    record = _assemble(task, device, ds, body, time.perf_counter() - t0, started)
+    write_json_atomic(path, record)
+    return record
+
+
+def _assemble(task, device, ds, body, seconds: float, started: str) -> dict[str, Any]:
     record = {
         "record_version": RECORD_VERSION,
         **{k: task[k] for k in ("key", "experiment", "kind", "dataset", "variant", "seed")},
@@ -388,15 +402,95 @@ def run_task(task: dict[str, Any], threads: int | None = None) -> dict[str, Any]
         "dims": ds.dims,
         "n_clusters": ds.n_clusters,
         **body,
-        "total_seconds": time.perf_counter() - t0,
+        "total_seconds": seconds,
         **_peak_memory_mb(device),
         "environment": environment(),
         "started": started,
         "finished": datetime.now(UTC).isoformat(),
     }
-    record = _round(record)
-    write_json_atomic(path, record)
-    return record
+    return _round(record)
+
+
+def batchable(task: dict[str, Any]) -> bool:
+    """Whether a task may share a batch: CMMC runs whose data does not depend on the seed."""
+    return (
+        task["kind"] == "cmmc"
+        and task["dataset"] != "synthetic"
+        and "n_samples" not in task["data"]
+    )
+
+
+def _batch_key(task: dict[str, Any]) -> str:
+    from cmmc.batched import BATCHABLE
+
+    cfg = {k: v for k, v in task["config"].items() if k not in BATCHABLE}
+    same = {k: task[k] for k in ("experiment", "kind", "dataset", "data", "device", "options")}
+    return json.dumps({**same, "config": cfg}, sort_keys=True, default=str)
+
+
+def batches(tasks: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
+    """Group tasks into batches of at most ``size`` that differ only in seed and temperatures
+    (first-come order kept); a task that cannot share stays alone."""
+    groups: dict[str, list[list[dict[str, Any]]]] = {}
+    out: list[list[dict[str, Any]]] = []
+    for t in tasks:
+        if size <= 1 or not batchable(t):
+            out.append([t])
+            continue
+        chunks = groups.setdefault(_batch_key(t), [])
+        if not chunks or len(chunks[-1]) >= size:
+            chunks.append([])
+            out.append(chunks[-1])
+        chunks[-1].append(t)
+    return out
+
+
+def run_batch(tasks: list[dict[str, Any]], threads: int | None = None) -> list[dict[str, Any]]:
+    """Train the tasks of one batch at once (:func:`cmmc.batched.fit_batched`); one record each.
+
+    Every record names the batch's members: rerunning the same batch gives the same metrics.
+    """
+    import torch
+
+    from cmmc.batched import fit_batched, map_threads
+    from cmmc.config import Config
+    from cmmc.estimator import resolve_device
+
+    todo = [t for t in tasks if not Path(t["path"]).exists()]
+    done = [json.loads(Path(t["path"]).read_text()) for t in tasks if Path(t["path"]).exists()]
+    if len(todo) <= 1:
+        return done + [run_task(t, threads) for t in todo]
+    keys = {_batch_key(t) for t in todo}
+    if len(keys) > 1 or not all(batchable(t) for t in todo):
+        raise ValueError("a batch must hold CMMC runs on the same data and configuration, "
+                         "differing only in seed and temperatures")  # fmt: skip
+    if threads:
+        torch.set_num_threads(threads)
+    device = resolve_device(todo[0]["device"])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    global _RUNS_IN_PROCESS
+    _RUNS_IN_PROCESS += 1
+    started = datetime.now(UTC).isoformat()
+    t0 = time.perf_counter()
+    ds = _load(todo[0])
+    seeds = [t["seed"] for t in todo]
+    configs = [Config(**t["config"]) for t in todo]
+    models = fit_batched(ds.views, ds.labels, ds.n_clusters, seeds, configs, str(device), False)
+    members = [
+        {"seed": t["seed"], "tau_f": c.tau_f, "tau_l": c.tau_l, "key": t["key"]}
+        for t, c in zip(todo, configs, strict=True)
+    ]
+    bodies = map_threads(lambda i: _fitted_body(todo[i], ds, models[i]), range(len(todo)))
+    seconds = time.perf_counter() - t0  # the batch's wall time, analyses included
+    records = []
+    for t, body in zip(todo, bodies, strict=True):
+        body["pretrain_from_cache"] = False
+        body["batch"] = {"size": len(todo), "members": members}
+        record = _assemble(t, device, ds, body, seconds, started)
+        write_json_atomic(Path(t["path"]), record)
+        records.append(record)
+    return done + records
 
 
 def _worker_init(threads: int) -> None:
@@ -414,8 +508,13 @@ def run_grid(
     engine: str = "local",
     scheduler: str | None = None,
     progress: bool = True,
+    batch: int = 1,
 ) -> list[dict[str, Any]]:
-    """Run every task without a record; ``engine`` is "local" (processes) or "dask"."""
+    """Run every task without a record; ``engine`` is "local" (processes) or "dask".
+
+    ``batch`` > 1 trains up to that many seeds/temperatures of one configuration at once
+    (:func:`run_batch`; worth it on a GPU, where a single run waits on kernel launches).
+    """
     from tqdm.auto import tqdm
 
     todo = [t for t in tasks if not Path(t["path"]).exists()]
@@ -423,6 +522,7 @@ def run_grid(
     if not todo:
         return done
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
+    groups = batches(todo, batch)
     bar = tqdm(total=len(todo), desc="runs", disable=not progress)
     if engine == "dask":
         from distributed import Client, LocalCluster
@@ -440,10 +540,11 @@ def run_grid(
             )
             client = Client(cluster)
         try:
-            futures = [client.submit(run_task, t, threads, pure=False) for t in todo]
+            futures = [client.submit(run_batch, g, threads, pure=False) for g in groups]
             for fut in dask_completed(futures):
-                done.append(fut.result())
-                bar.update()
+                recs = fut.result()
+                done.extend(recs)
+                bar.update(len(recs))
         finally:
             client.close()
             if not scheduler:
@@ -452,9 +553,10 @@ def run_grid(
         os.environ["CMMC_CONCURRENT_RUNS"] = str(max(workers, 1))  # recorded with each run
         if workers <= 1:
             _worker_init(threads)
-            for t in todo:
-                done.append(run_task(t))
-                bar.update()
+            for g in groups:
+                recs = run_batch(g)
+                done.extend(recs)
+                bar.update(len(recs))
         else:
             import multiprocessing as mp
 
@@ -466,10 +568,11 @@ def run_grid(
                 initargs=(threads,),
                 max_tasks_per_child=1,  # a fresh process per run: honest peak memory
             ) as pool:
-                futs = [pool.submit(run_task, t) for t in todo]
+                futs = [pool.submit(run_batch, g) for g in groups]
                 for fut in as_completed(futs):
-                    done.append(fut.result())
-                    bar.update()
+                    recs = fut.result()
+                    done.extend(recs)
+                    bar.update(len(recs))
     else:
         raise ValueError(f"engine must be 'local' or 'dask', got {engine!r}")
     bar.close()

@@ -83,20 +83,27 @@ def read_out(qs: list[torch.Tensor]) -> np.ndarray:
 
 
 def contrastive_terms(
-    out: dict[str, list[torch.Tensor]], xs: list[torch.Tensor], config: Config
+    out: dict[str, list[torch.Tensor]],
+    xs: list[torch.Tensor],
+    config: Config,
+    tau_f: float | torch.Tensor | None = None,
+    tau_l: float | torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The contrastive-phase loss terms of one mini-batch, each summed over pairs or views."""
+    """The contrastive-phase loss terms of one mini-batch, each summed over pairs or views.
+
+    ``tau_f``/``tau_l`` replace the config's temperatures (a batched run passes one per member).
+    """
     use = set(config.losses)
+    tau_f = config.tau_f if tau_f is None else tau_f
+    tau_l = config.tau_l if tau_l is None else tau_l
     terms: dict[str, torch.Tensor] = {}
     pairs = list(combinations(range(len(xs)), 2))
     if "feature" in use:
         terms["feature"] = sum(
-            L.feature_contrastive(out["h"][m], out["h"][n], config.tau_f) for m, n in pairs
+            L.feature_contrastive(out["h"][m], out["h"][n], tau_f) for m, n in pairs
         )
     if "label" in use:
-        terms["label"] = sum(
-            L.label_contrastive(out["q"][m], out["q"][n], config.tau_l) for m, n in pairs
-        )
+        terms["label"] = sum(L.label_contrastive(out["q"][m], out["q"][n], tau_l) for m, n in pairs)
     if "entropy" in use:
         per_view = [L.entropy_regulariser(q) for q in out["q"]]
         # The code adds both views' regulariser inside every pair: view m counts M-1 times.
@@ -113,12 +120,19 @@ def pseudo_labels(
     net: CMMCNetwork, xs: list[torch.Tensor], n_clusters: int, config: Config, seed: int
 ) -> list[np.ndarray]:
     """k-means (seeded, ``kmeans_restarts`` restarts) on each view's min-max scaled h."""
+    return kmeans_pseudo_labels(embed(net, xs)["h"], n_clusters, config.kmeans_restarts, seed)
+
+
+def kmeans_pseudo_labels(
+    hs: list[torch.Tensor], n_clusters: int, restarts: int, seed: int
+) -> list[np.ndarray]:
+    """Pseudo labels of each view: seeded k-means on its min-max scaled h."""
     labels = []
-    for h in embed(net, xs)["h"]:
+    for h in hs:
         h = h.float().cpu().numpy()
         lo, hi = h.min(0), h.max(0)
         scaled = (h - lo) / np.where(hi > lo, hi - lo, 1.0)  # sklearn MinMaxScaler's rule
-        km = KMeans(n_clusters, n_init=config.kmeans_restarts, random_state=seed)
+        km = KMeans(n_clusters, n_init=restarts, random_state=seed)
         labels.append(km.fit_predict(scaled.astype(np.float64)))
     return labels
 

@@ -3,14 +3,15 @@
 The GPU machine lent to this project runs one command of at most 10 minutes, so this script:
   * plans the grids in priority order (seed-major, large datasets first, so a partial grid
     already gives every dataset several seeds),
-  * keeps ``--workers`` runs in flight on the one GPU (each run is small and launch-bound),
+  * trains up to ``--batch`` seeds/temperatures of one configuration at once (stacked weights,
+    ``cmmc.batched``: a single run is launch-bound) and keeps ``--workers`` batches in flight,
   * stops starting runs at ``--budget`` seconds, and every ``--pack-every`` seconds packs the
     finished records into ``--out/results.tar.gz`` (what comes back if the call is cut off),
-  * re-runs one task in a separate process and compares it with the grid's record
+  * re-runs one batch in a separate process and compares it with the grid's records
     (determinism on the device).
 Records already present under ``--results`` are skipped: calling it again continues the grid.
 
-    python scripts/device_grid.py --device cuda --workers 12 --budget 500 --out $OUT
+    python scripts/device_grid.py --device cuda --workers 6 --batch 5 --budget 500 --out $OUT
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
-from cmmc.runner import _worker_init, plan, run_task
+from cmmc.runner import _worker_init, batches, plan, run_batch
 
-DEFAULT_EXPERIMENTS = ["main", "convergence", "ablation", "views", "tsne", "temperature"]
+# Priority: the main table's code default first, the paper's forms (a comparison) last.
+DEFAULT_EXPERIMENTS = ["main", "convergence", "tsne", "views", "ablation", "temperature"]
 
 
 def work(dataset: str) -> int:
@@ -48,9 +50,9 @@ def ordered_tasks(experiments: list[str], device: str, results: Path, profile: s
     for rank, exp in enumerate(experiments):
         for t in plan(exp, device=device, results_dir=results, profile=profile):
             size = -work(t["dataset"])
-            # main: all code-variant seeds before the paper variant
-            variant_rank = 0 if (exp != "main" or t["variant"] == "code") else 1
-            tasks.append(((rank, variant_rank, t["seed"], size), t))
+            if exp == "main" and t["variant"] != "code":
+                rank = len(experiments)  # after every other experiment
+            tasks.append(((rank, t["seed"], size), t))
     return [t for _, t in sorted(tasks, key=lambda x: x[0])]
 
 
@@ -83,16 +85,18 @@ def pack(results: Path, out: Path) -> int:
     return len(files)
 
 
-def start_check(task: dict, results: Path) -> tuple[subprocess.Popen, Path]:
-    """Run ``task`` again in its own process, into a scratch results folder."""
+def start_check(group: list[dict], results: Path, threads: int) -> tuple[subprocess.Popen, Path]:
+    """Run one batch again in its own process, into a scratch results folder."""
     scratch = Path("/tmp/cmmc_determinism")
-    twin = dict(task, path=str(scratch / Path(task["path"]).relative_to(results.parent)))
+    twins = [
+        dict(t, path=str(scratch / Path(t["path"]).relative_to(results.parent))) for t in group
+    ]
     code = (
-        "import json,sys; from cmmc.runner import _worker_init, run_task; _worker_init(1); "
-        "run_task(json.loads(sys.argv[1]))"
+        "import json,sys; from cmmc.runner import _worker_init, run_batch; "
+        f"_worker_init({threads}); run_batch(json.loads(sys.argv[1]))"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(twin)])
-    return proc, Path(twin["path"])
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(twins)])
+    return proc, Path(twins[0]["path"])
 
 
 def main() -> None:
@@ -101,7 +105,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--profile", default="paper")
     ap.add_argument("--results", default="results")
-    ap.add_argument("--workers", type=int, default=12)
+    ap.add_argument("--workers", type=int, default=6, help="batches in flight on the GPU")
+    ap.add_argument("--batch", type=int, default=5, help="members per batch (1: single runs)")
     ap.add_argument("--budget", type=float, default=500, help="seconds; no run starts after")
     ap.add_argument("--out", default=os.environ.get("OUT", "device_out"))
     ap.add_argument("--pack-every", type=float, default=30)
@@ -116,14 +121,15 @@ def main() -> None:
     ok = readable({t["dataset"] for t in todo})
     todo = [t for t in todo if t["dataset"] in ok]
     todo = todo[: args.limit]
-    print(f"planned {len(tasks)} runs, {len(todo)} without a record", flush=True)
-    # The twin run: a small set, early in the queue, so both finish well inside the budget.
-    small = [t for t in todo if t["dataset"] in ("BDGP", "Synthetic3d", "Prokaryotic")]
-    probe = (small or todo or [None])[0]
-    check = start_check(probe, results) if probe else None
-    log = open(out / "grid_log.tsv", "a")
+    groups = batches(todo, args.batch)
+    print(f"planned {len(tasks)} runs, {len(todo)} without a record, {len(groups)} batches")
     threads = max(1, (os.cpu_count() or 1) // (args.workers + 1))
-    queue = list(todo)
+    # The twin batch: a small set, early in the queue, so both finish well inside the budget.
+    small = [g for g in groups if g[0]["dataset"] in ("BDGP", "Synthetic3d", "Prokaryotic")]
+    probe = (small or groups or [None])[0]
+    check = start_check(probe, results, threads) if probe else None
+    log = open(out / "grid_log.tsv", "a")
+    queue = list(groups)
     running: dict = {}
     last_pack = time.perf_counter()
     done = failed = 0
@@ -135,21 +141,23 @@ def main() -> None:
         while queue or running:
             elapsed = time.perf_counter() - t0
             while queue and len(running) < args.workers and elapsed < args.budget:
-                t = queue.pop(0)
-                running[pool.submit(run_task, t)] = (t, time.perf_counter())
+                g = queue.pop(0)
+                running[pool.submit(run_batch, g)] = (g, time.perf_counter())
             if not running:
                 break
             finished, _ = wait(running, timeout=5, return_when=FIRST_COMPLETED)
             for fut in finished:
-                t, started = running.pop(fut)
-                name = f"{t['experiment']}/{t['dataset']}/{t['variant']}/seed{t['seed']}"
+                g, started = running.pop(fut)
+                t = g[0]
+                seeds = ",".join(str(m["seed"]) for m in g)
+                name = f"{t['experiment']}/{t['dataset']}/{t['variant']}/seeds{seeds}"
                 try:
-                    rec = fut.result()
-                    acc = rec.get("metrics", {}).get("ACC")
-                    done += 1
-                    status = f"acc={acc}"
+                    recs = fut.result()
+                    accs = [r.get("metrics", {}).get("ACC") for r in recs]
+                    done += len(recs)
+                    status = f"acc={accs}"
                 except Exception as e:  # keep the grid going; the log says what failed
-                    failed += 1
+                    failed += len(g)
                     status = f"FAILED {type(e).__name__}: {e}"
                 secs = time.perf_counter() - started
                 line = f"{time.perf_counter() - t0:.0f}\t{name}\t{secs:.1f}\t{status}"
@@ -169,8 +177,8 @@ def main() -> None:
             proc.wait(timeout=max(1.0, args.budget + 60 - (time.perf_counter() - t0)))
         except subprocess.TimeoutExpired:
             proc.kill()
-        first = Path(probe["path"])
-        verdict = {"task": probe["path"]}
+        first = Path(probe[0]["path"])
+        verdict = {"task": probe[0]["path"], "batch_seeds": [t["seed"] for t in probe]}
         if first.exists() and twin.exists():
             a, b = json.loads(first.read_text()), json.loads(twin.read_text())
             verdict.update(

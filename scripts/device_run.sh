@@ -6,7 +6,7 @@
 #   here:   tar xzf <files_at>/results.tar.gz # then commit results/
 #
 # The argument is the budget in seconds after which no run starts (leave ~150 s for the runs in
-# flight: a full-schedule run took 15-280 s with 12 runs sharing one H200).
+# flight). WORKERS (default 6) batches of BATCH (default 5) seeds/temperatures share the GPU.
 set -u
 BUDGET=${1:-430}
 export CMMC_DATA_DIR=$PWD/.devdata PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -18,5 +18,5 @@ mkdir -p "$OUT"
 nvidia-smi -L
 # GPU load every 5 s: tells the next session whether the GPU or the CPUs were the limit.
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 >"$OUT/gpu_util.csv" &
-python3 scripts/device_grid.py --device cuda --workers "${WORKERS:-12}" --budget "$BUDGET" \
+python3 scripts/device_grid.py --device cuda --workers "${WORKERS:-6}" --batch "${BATCH:-5}" --budget "$BUDGET" \
     --out "$OUT" ${EXPERIMENTS:+--experiments $EXPERIMENTS} 2>&1 | tee "$OUT/stdout.log" | grep -v -i warning

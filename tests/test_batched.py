@@ -1,0 +1,109 @@
+"""Batched training (several seeds/temperatures at once) against separate single runs."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cmmc import runner
+from cmmc.batched import fit_batched
+from cmmc.config import make_config
+from cmmc.estimator import CMMC
+from cmmc.synthetic import make_multiview_blobs
+
+DATA = os.environ.get("CMMC_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+needs_data = pytest.mark.skipif(
+    not (Path(DATA) / "synthetic3d.mat").exists(), reason="synthetic3d.mat not in the data dir"
+)
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(monkeypatch):
+    monkeypatch.setenv("CMMC_DATA_DIR", DATA)
+
+
+def small_config(**kw):
+    base = dict(pretrain_epochs=2, contrastive_epochs=2, finetune_epochs=2, kmeans_restarts=2)
+    return make_config(None, "paper", batch_size=64, eval_every=1, **{**base, **kw})
+
+
+def test_members_follow_their_separate_runs():
+    """Each member (own seed, own temperatures) matches CMMC.fit with that seed and config:
+    the same pseudo labels and final labels, losses equal up to float summation order."""
+    views, y = make_multiview_blobs(200, 4, 2, seed=5)
+    cfg = small_config()
+    configs = [cfg, cfg.replace(tau_f=0.3, tau_l=0.7), cfg]
+    seeds = [0, 1, 2]
+    members = fit_batched(views, y, 4, seeds, configs, progress=False)
+    for seed, c, m in zip(seeds, configs, members, strict=True):
+        ref = CMMC(4, random_state=seed, config=c, progress=False).fit(views, y)
+        assert [r["phase"] for r in m.history_] == [r["phase"] for r in ref.history_]
+        for a, b in zip(ref.history_, m.history_, strict=True):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+            assert a["ACC"] == pytest.approx(b["ACC"], abs=0.02)
+        for p, q in zip(ref.pseudo_labels_, m.pseudo_labels_, strict=True):
+            np.testing.assert_array_equal(p, q)
+        np.testing.assert_array_equal(ref.labels_, m.labels_)
+        assert m.random_state == seed and m.config_ == c
+
+
+def test_members_must_share_everything_but_seed_and_temperatures():
+    views, y = make_multiview_blobs(100, 3, 2, seed=0)
+    cfg = small_config()
+    with pytest.raises(ValueError, match=r"member 1 .*\['lr'\]"):
+        fit_batched(views, y, 3, [0, 1], [cfg, cfg.replace(lr=1e-3)], progress=False)
+    with pytest.raises(ValueError, match="same .seed, tau_f, tau_l. twice"):
+        fit_batched(views, y, 3, [0, 0], [cfg, cfg], progress=False)
+    with pytest.raises(ValueError, match="one config per seed"):
+        fit_batched(views, y, 3, [0, 1], [cfg], progress=False)
+
+
+def test_batches_group_only_runs_that_differ_in_seed_or_temperature(tmp_path):
+    tasks = runner.plan(
+        "main", datasets=["BDGP"], seeds=[0, 1, 2], results_dir=tmp_path, profile="quick"
+    )  # code s0..s2, paper s0..s2
+    groups = runner.batches(tasks, 2)
+    got = [[(t["variant"], t["seed"]) for t in g] for g in groups]
+    assert got == [
+        [("code", 0), ("code", 1)],
+        [("code", 2)],
+        [("paper", 0), ("paper", 1)],
+        [("paper", 2)],
+    ]
+    temps = runner.plan("temperature", datasets=["BDGP"], seeds=[0], results_dir=tmp_path)
+    assert [len(g) for g in runner.batches(temps, 10)] == [10, 10, 5]
+    sub = runner.plan("main", datasets=["BDGP"], seeds=[0, 1], results_dir=tmp_path, n_samples=50)
+    assert all(len(g) == 1 for g in runner.batches(sub, 10))  # the subset depends on the seed
+    assert [len(g) for g in runner.batches(tasks, 1)] == [1] * 6
+
+
+@needs_data
+def test_run_batch_writes_one_record_per_member_and_reruns_identically(tmp_path):
+    tasks = runner.plan(
+        "main",
+        datasets=["Synthetic3d"],
+        seeds=[0, 1],
+        variants=["code"],
+        profile="quick",
+        results_dir=tmp_path / "a",
+    )
+    recs = runner.run_grid(tasks, batch=2, progress=False)
+    assert sorted(r["seed"] for r in recs) == [0, 1]
+    for t in tasks:
+        rec = json.loads(Path(t["path"]).read_text())
+        assert rec["batch"]["size"] == 2
+        assert [m["seed"] for m in rec["batch"]["members"]] == [0, 1]
+        assert rec["key"] == t["key"] and len(rec["multilevel"]) == 3
+        assert rec["metrics"]["PUR"] >= rec["metrics"]["ACC"]
+    again = runner.plan(
+        "main",
+        datasets=["Synthetic3d"],
+        seeds=[0, 1],
+        variants=["code"],
+        profile="quick",
+        results_dir=tmp_path / "b",
+    )
+    for a, b in zip(recs, runner.run_batch(again), strict=True):
+        assert a["labels_sha256"] == b["labels_sha256"] and a["metrics"] == b["metrics"]
