@@ -256,13 +256,14 @@ def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         cfg = r.get("config") or {}
         for k in ("pretrain_epochs", "contrastive_epochs", "finetune_epochs", "tau_f", "tau_l"):
             row[k] = cfg.get(k)
+        row["batch_size"] = (r.get("batch") or {}).get("size", 1)  # runs trained together
         row["key"] = r.get("key")
         rows.append(row)
     cols = [
         "experiment", "kind", "dataset", "variant", "seed", "profile", "device", "n_samples",
         "n_views", *METRICS, "final_contrastive_loss", "final_loss", "total_seconds",
         "peak_rss_mb", "peak_gpu_mb", "pretrain_epochs", "contrastive_epochs",
-        "finetune_epochs", "tau_f", "tau_l", "key",
+        "finetune_epochs", "tau_f", "tau_l", "batch_size", "key",
     ]  # fmt: skip
     return pd.DataFrame(rows, columns=cols)
 

@@ -214,7 +214,7 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        # how many runs shared the machine (set by scripts/device_grid.py; None: not recorded)
+        # how many processes (runs or batches) shared the machine (None: not recorded)
         "concurrent_runs": int(os.environ["CMMC_CONCURRENT_RUNS"])
         if os.environ.get("CMMC_CONCURRENT_RUNS")
         else None,

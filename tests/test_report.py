@@ -72,3 +72,12 @@ def test_fmt_mean_std_and_published_digits():
     assert report.fmt_mean_std(0.91234, 0.0101) == "0.912 ± 0.010"
     assert report.fmt_mean_std(0.91234, float("nan")) == "0.912"
     assert report.fmt_published(0.995) == "0.995" and report.fmt_published(None) == "–"
+
+
+def test_records_frame_reads_the_batch_size():
+    base = {"experiment": "main", "dataset": "A", "variant": "code", "metrics": {"ACC": 0.5}}
+    single = {**base, "seed": 0, "total_seconds": 10.0}
+    batched = {**base, "seed": 1, "total_seconds": 30.0, "batch": {"size": 3, "members": []}}
+    df = report.records_frame([single, batched]).set_index("seed")
+    assert df.loc[0, "batch_size"] == 1 and df.loc[1, "batch_size"] == 3
+    assert df.loc[1, "total_seconds"] / df.loc[1, "batch_size"] == 10.0
