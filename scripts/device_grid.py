@@ -5,13 +5,17 @@ The GPU machine lent to this project runs one command of at most 10 minutes, so 
     already gives every dataset several seeds),
   * trains up to ``--batch`` seeds/temperatures of one configuration at once (stacked weights,
     ``cmmc.batched``: a single run is launch-bound) and keeps ``--workers`` batches in flight,
-  * stops starting runs at ``--budget`` seconds, and every ``--pack-every`` seconds packs the
-    finished records into ``--out/results.tar.gz`` (what comes back if the call is cut off),
+  * starts a batch only if it should end before ``--deadline`` (the call's time limit): the
+    seconds per member come from the records of earlier calls (x 1.25), and a batch that would
+    not fit is cut to the members that do, the rest staying queued; a run cut off by the end of
+    the call is work lost, so the tail of a call is filled with small batches,
+  * every ``--pack-every`` seconds packs the finished records into ``--out/results.tar.gz``
+    (what comes back if the call is cut off),
   * re-runs one batch in a separate process and compares it with the grid's records
     (determinism on the device).
 Records already present under ``--results`` are skipped: calling it again continues the grid.
 
-    python scripts/device_grid.py --device cuda --workers 6 --batch 5 --budget 500 --out $OUT
+    python scripts/device_grid.py --device cuda --workers 6 --batch 5 --deadline 580 --out $OUT
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from cmmc.runner import _worker_init, batches, plan, run_batch
 
-# Priority: the main table's code default first, the paper's forms (a comparison) last.
+# Priority: the main table's code default first, its paper forms just before the temperature grid.
 DEFAULT_EXPERIMENTS = ["main", "convergence", "tsne", "views", "ablation", "temperature"]
 
 
@@ -47,12 +52,14 @@ def work(dataset: str) -> int:
 
 def ordered_tasks(experiments: list[str], device: str, results: Path, profile: str) -> list[dict]:
     tasks = []
+    paper_rank = experiments.index("temperature") - 0.5 if "temperature" in experiments else 99
     for rank, exp in enumerate(experiments):
         for t in plan(exp, device=device, results_dir=results, profile=profile):
             size = -work(t["dataset"])
-            # the main table's paper forms come after every other experiment
+            # the main table's paper forms: after the other experiments, before the temperature
+            # grid (the sensitivity study matters less than the code-vs-paper comparison)
             late = exp == "main" and t["variant"] != "code"
-            tasks.append(((len(experiments) if late else rank, t["seed"], size), t))
+            tasks.append(((paper_rank if late else rank, t["seed"], size), t))
     return [t for _, t in sorted(tasks, key=lambda x: x[0])]
 
 
@@ -72,6 +79,28 @@ def readable(names: set[str]) -> set[str]:
         except (FileNotFoundError, ValueError) as e:
             print(f"skipping {name}: {str(e)[:300]}", flush=True)
     return ok
+
+
+def seconds_per_member(results: Path, device: str, unknown: float) -> dict[str, float]:
+    """Per dataset, a pessimistic wall time of one member of a batch on this device kind: the
+    slowest (batch time / members) among the batched records, x 1.25; where a dataset has only
+    single runs (the first GPU session's, 12 sharing the GPU), half their slowest time, x 1.25."""
+    batched: dict[str, float] = {}
+    single: dict[str, float] = {}
+    kind = "cpu" if device == "cpu" else "cuda"
+    for p in results.rglob("seed*-*.json"):
+        if ".cache" in p.parts:
+            continue
+        r = json.loads(p.read_text())
+        if not str(r.get("device", "")).startswith(kind) or r.get("kind") == "baselines":
+            continue
+        size = (r.get("batch") or {}).get("size", 1)
+        per = float(r.get("total_seconds") or 0) / size
+        into = batched if size > 1 else single
+        into[r["dataset"]] = max(into.get(r["dataset"], 0.0), per)
+    est = {k: 1.25 * v / 2 for k, v in single.items()}
+    est.update({k: 1.25 * v for k, v in batched.items()})
+    return defaultdict(lambda: unknown, est)
 
 
 def pack(results: Path, out: Path) -> int:
@@ -107,7 +136,10 @@ def main() -> None:
     ap.add_argument("--results", default="results")
     ap.add_argument("--workers", type=int, default=6, help="batches in flight on the GPU")
     ap.add_argument("--batch", type=int, default=5, help="members per batch (1: single runs)")
-    ap.add_argument("--budget", type=float, default=500, help="seconds; no run starts after")
+    ap.add_argument("--deadline", type=float, default=580, help="seconds the call may run")
+    ap.add_argument(
+        "--unknown", type=float, default=150, help="seconds per member for a dataset never run"
+    )
     ap.add_argument("--out", default=os.environ.get("OUT", "device_out"))
     ap.add_argument("--pack-every", type=float, default=30)
     ap.add_argument("--limit", type=int, default=None, help="at most this many runs (tests)")
@@ -123,6 +155,7 @@ def main() -> None:
     todo = todo[: args.limit]
     groups = batches(todo, args.batch)
     print(f"planned {len(tasks)} runs, {len(todo)} without a record, {len(groups)} batches")
+    per_member = seconds_per_member(results, args.device, args.unknown)
     threads = max(1, (os.cpu_count() or 1) // (args.workers + 1))
     # The twin batch: a small set, early in the queue, so both finish well inside the budget.
     small = [g for g in groups if g[0]["dataset"] in ("BDGP", "Synthetic3d", "Prokaryotic")]
@@ -141,9 +174,17 @@ def main() -> None:
     ) as pool:
         while queue or running:
             elapsed = time.perf_counter() - t0
-            while queue and len(running) < args.workers and elapsed < args.budget:
-                g = queue.pop(0)
-                running[pool.submit(run_batch, g)] = (g, time.perf_counter())
+            room = args.deadline - elapsed
+            for i in range(len(queue)):  # first come, first served, among those that fit
+                if len(running) >= args.workers:
+                    break
+                g = queue[i]
+                fit = min(len(g), int(room // per_member[g[0]["dataset"]]))
+                if fit < 1:
+                    continue
+                queue[i] = g[fit:]
+                running[pool.submit(run_batch, g[:fit])] = (g[:fit], time.perf_counter())
+            queue = [g for g in queue if g]
             if not running:
                 break
             finished, _ = wait(running, timeout=5, return_when=FIRST_COMPLETED)
@@ -168,14 +209,13 @@ def main() -> None:
             if time.perf_counter() - last_pack > args.pack_every:
                 pack(results, out)
                 last_pack = time.perf_counter()
-            if queue and time.perf_counter() - t0 >= args.budget and not running:
-                break
+
     n = pack(results, out)
     print(f"done {done}, failed {failed}, left {len(queue)}, records packed {n}", flush=True)
     if check is not None:
         proc, twin = check
         try:
-            proc.wait(timeout=max(1.0, args.budget + 60 - (time.perf_counter() - t0)))
+            proc.wait(timeout=max(1.0, args.deadline - (time.perf_counter() - t0)))
         except subprocess.TimeoutExpired:
             proc.kill()
         first = Path(probe[0]["path"])

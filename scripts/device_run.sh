@@ -2,13 +2,14 @@
 # One call on a lent GPU machine: continue the experiment grids, bring the records back.
 #
 #   here:   make devdata                      # copies the data files into .devdata/ (ignored)
-#   device: run(command="bash scripts/device_run.sh 430", carry=[".devdata"], timeout_s=600)
+#   device: run(command="bash scripts/device_run.sh 580", carry=[".devdata"], timeout_s=600)
 #   here:   tar xzf <files_at>/results.tar.gz # then commit results/
 #
-# The argument is the budget in seconds after which no run starts (leave ~150 s for the runs in
-# flight). WORKERS (default 6) batches of BATCH (default 5) seeds/temperatures share the GPU.
+# The argument is the deadline: seconds this call may run (a little under the call's timeout); a
+# batch starts only if the records of earlier calls say it ends in time. WORKERS (default 6)
+# batches of up to BATCH (default 5) seeds/temperatures share the GPU.
 set -u
-BUDGET=${1:-430}
+DEADLINE=${1:-580}
 export CMMC_DATA_DIR=$PWD/.devdata PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 CMMC_GIT_COMMIT=$(cat .devdata/COMMIT 2>/dev/null || true)
 CMMC_GIT_DIRTY=$(cat .devdata/DIRTY 2>/dev/null || echo 0)
@@ -18,5 +19,5 @@ mkdir -p "$OUT"
 nvidia-smi -L
 # GPU load every 5 s: tells the next session whether the GPU or the CPUs were the limit.
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 >"$OUT/gpu_util.csv" &
-python3 scripts/device_grid.py --device cuda --workers "${WORKERS:-6}" --batch "${BATCH:-5}" --budget "$BUDGET" \
+python3 scripts/device_grid.py --device cuda --workers "${WORKERS:-6}" --batch "${BATCH:-5}" --deadline "$DEADLINE" \
     --out "$OUT" ${EXPERIMENTS:+--experiments $EXPERIMENTS} 2>&1 | tee "$OUT/stdout.log" | grep -v -i warning
