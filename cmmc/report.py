@@ -288,9 +288,16 @@ def provenance(records: Sequence[Mapping[str, Any]]) -> str:
             + ", ".join("/".join(str(x) for x in c) for c in combos[:4])
             + (" …" if len(combos) > 4 else "")
         )
+    batched = int((df["batch_size"] > 1).sum())
+    batch_text = (
+        f"; {batched} of them trained in batches of {_ranges(sorted(df.batch_size[df.batch_size > 1].unique()))}"
+        " runs at once (cmmc.batched)"
+        if batched
+        else ""
+    )
     return (
         f"{len(df)} run{'s' if len(df) != 1 else ''}, profile {profiles}, {seed_text}, "
-        f"N = {n_text} samples, device {devices}{sched_text}"
+        f"N = {n_text} samples, device {devices}{sched_text}{batch_text}"
     )
 
 

@@ -75,9 +75,12 @@ def test_fmt_mean_std_and_published_digits():
 
 
 def test_records_frame_reads_the_batch_size():
-    base = {"experiment": "main", "dataset": "A", "variant": "code", "metrics": {"ACC": 0.5}}
+    base = {"experiment": "main", "dataset": "A", "variant": "code", "device": "cpu"}
+    base["metrics"] = {"ACC": 0.5}
     single = {**base, "seed": 0, "total_seconds": 10.0}
     batched = {**base, "seed": 1, "total_seconds": 30.0, "batch": {"size": 3, "members": []}}
     df = report.records_frame([single, batched]).set_index("seed")
     assert df.loc[0, "batch_size"] == 1 and df.loc[1, "batch_size"] == 3
     assert df.loc[1, "total_seconds"] / df.loc[1, "batch_size"] == 10.0
+    text = report.provenance([{**single, "profile": "paper"}, {**batched, "profile": "paper"}])
+    assert text.endswith("; 1 of them trained in batches of 3 runs at once (cmmc.batched)")
