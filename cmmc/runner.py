@@ -80,6 +80,8 @@ def plan(
     tasks = []
     for dataset in datasets or spec["datasets"]:
         sizes = spec.get("sizes", [None])
+        if dataset != "synthetic" and sizes != [None]:  # subsets only: never tile a real set
+            sizes = [n for n in sizes if n <= _registry_n(dataset)]
         for vname, seed, n in itertools.product(chosen, seed_list, sizes):
             overrides = dict(all_variants[vname])
             data_opts = {k: overrides.pop(k) for k in DATASET_KEYS if k in overrides}
@@ -109,6 +111,12 @@ def plan(
             tasks.append(task)
     _mark_shared_pretraining(tasks)
     return tasks
+
+
+def _registry_n(dataset: str) -> int:
+    from cmmc.data import get_spec
+
+    return int(get_spec(dataset).get("N") or 0)
 
 
 def _mark_shared_pretraining(tasks: list[dict[str, Any]]) -> None:
@@ -233,11 +241,12 @@ def _load(task: dict[str, Any]):
     ds = load_dataset(task["dataset"], views=opts.get("views"))
     if n is not None:
         rng = np.random.default_rng(task["seed"])
-        if n > ds.n_samples:  # scalability beyond N: tile the set (noted in the record)
-            idx = rng.choice(ds.n_samples, n, replace=True)
-        else:
-            idx = rng.choice(ds.n_samples, n, replace=False)
-        ds = ds.subset(np.sort(idx))
+        if n > ds.n_samples:
+            raise ValueError(
+                f"n_samples={n} is more than the {ds.n_samples} samples of {task['dataset']}: "
+                "a subset cannot be larger than its set (use the generated 'synthetic' set)"
+            )
+        ds = ds.subset(np.sort(rng.choice(ds.n_samples, n, replace=False)))
     return ds
 
 

@@ -163,3 +163,15 @@ def test_dask_local_cluster_gives_the_same_records(tmp_path):
     assert local[0]["key"] == dask[0]["key"]
     assert local[0]["labels_sha256"] == dask[0]["labels_sha256"]
     assert local[0]["metrics"] == dask[0]["metrics"]
+
+
+def test_scalability_subsets_never_exceed_their_set(tmp_path):
+    tasks = runner.plan("scalability", results_dir=tmp_path)
+    sizes = {}
+    for t in tasks:
+        sizes.setdefault(t["dataset"], []).append(t["data"]["n_samples"])
+    assert sizes["Fashion"] == [1000, 2000, 5000, 10000]  # the registry's N is 10000
+    assert max(sizes["synthetic"]) == 100000  # the generated set has no limit
+    too_big = {**tasks[0], "dataset": "Synthetic3d", "data": {"n_samples": 601}}
+    with pytest.raises(ValueError, match="601 is more than the 600 samples of Synthetic3d"):
+        runner._load(too_big)
