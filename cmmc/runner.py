@@ -560,7 +560,8 @@ def run_grid(
                 cluster.close()
     elif engine == "local":
         os.environ["CMMC_CONCURRENT_RUNS"] = str(max(workers, 1))  # recorded with each run
-        if workers <= 1:
+        # Scalability measures each run's peak memory: always a fresh process per run.
+        if workers <= 1 and not any(t["kind"] == "scalability" for t in todo):
             _worker_init(threads)
             for g in groups:
                 recs = run_batch(g)
@@ -571,7 +572,7 @@ def run_grid(
 
             ctx = mp.get_context("spawn")
             with ProcessPoolExecutor(
-                workers,
+                max(workers, 1),
                 mp_context=ctx,
                 initializer=_worker_init,
                 initargs=(threads,),

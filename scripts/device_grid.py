@@ -169,8 +169,14 @@ def main() -> None:
     done = failed = 0
     os.environ["CMMC_CONCURRENT_RUNS"] = str(args.workers)  # recorded in every record
     ctx = mp.get_context("spawn")  # CUDA cannot live in a forked process
+    # scalability records each run's peak memory: a fresh process per run there
+    fresh = 1 if "scalability" in args.experiments else None
     with ProcessPoolExecutor(
-        args.workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,)
+        args.workers,
+        mp_context=ctx,
+        initializer=_worker_init,
+        initargs=(threads,),
+        max_tasks_per_child=fresh,
     ) as pool:
         while queue or running:
             elapsed = time.perf_counter() - t0
