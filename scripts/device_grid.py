@@ -161,6 +161,8 @@ def main() -> None:
     small = [g for g in groups if g[0]["dataset"] in ("BDGP", "Synthetic3d", "Prokaryotic")]
     small.sort(key=lambda g: len(g) < 2)  # a real batch first: its determinism is the question
     probe = (small or groups or [None])[0]
+    if "scalability" in args.experiments:  # its times must not share the GPU with a twin
+        probe = None
     check = start_check(probe, results, threads) if probe else None
     log = open(out / "grid_log.tsv", "a")
     queue = list(groups)
