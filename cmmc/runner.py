@@ -184,22 +184,24 @@ def environment() -> dict[str, Any]:
     import cmmc
 
     root = _HERE.parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "-C", str(root), "status", "--porcelain", "--", "cmmc"],
-                capture_output=True,
-                text=True,
+    # A launcher that copied the tree to another machine says which commit it copied: the copy's
+    # .git, if any, can be stale (the lent GPU machine's is from the start of the session).
+    commit = os.environ.get("CMMC_GIT_COMMIT", "")
+    dirty = os.environ.get("CMMC_GIT_DIRTY", "") == "1"
+    if not commit:
+        try:
+            commit = subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True
             ).stdout.strip()
-        )
-    except OSError:
-        commit, dirty = "", False
-    if not commit:  # a copy of the tree without .git (e.g. a GPU machine): the launcher says
-        commit = os.environ.get("CMMC_GIT_COMMIT", "")
-        dirty = os.environ.get("CMMC_GIT_DIRTY", "") == "1"
+            dirty = bool(
+                subprocess.run(
+                    ["git", "-C", str(root), "status", "--porcelain", "--", "cmmc"],
+                    capture_output=True,
+                    text=True,
+                ).stdout.strip()
+            )
+        except OSError:
+            commit, dirty = "", False
     cpu = platform.processor()
     try:
         for line in open("/proc/cpuinfo"):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine: continue the experiment grids, bring the records back.
 #
-#   here:   make devdata                      # copies the data files into .devdata/ (ignored)
+#   here:   make devdata                      # right before the call: data files + .devdata/COMMIT
+#                                               (the copy's .git on the device can be stale)
 #   device: run(command="bash scripts/device_run.sh 580", carry=[".devdata"], timeout_s=600)
 #   here:   tar xzf <files_at>/results.tar.gz # then commit results/
 #

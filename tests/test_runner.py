@@ -175,3 +175,14 @@ def test_scalability_subsets_never_exceed_their_set(tmp_path):
     too_big = {**tasks[0], "dataset": "Synthetic3d", "data": {"n_samples": 601}}
     with pytest.raises(ValueError, match="601 is more than the 600 samples of Synthetic3d"):
         runner._load(too_big)
+
+
+def test_environment_takes_the_commit_a_launcher_names(monkeypatch):
+    monkeypatch.setenv("CMMC_GIT_COMMIT", "0123abc")
+    monkeypatch.setenv("CMMC_GIT_DIRTY", "1")
+    env = runner.environment()
+    assert env["git_commit"] == "0123abc" and env["git_dirty"] is True
+    monkeypatch.delenv("CMMC_GIT_COMMIT")
+    monkeypatch.delenv("CMMC_GIT_DIRTY")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert runner.environment()["git_commit"] == head.strip()
