@@ -1,0 +1,71 @@
+"""scripts/device_grid.py: the priority order of a GPU call and its run-time estimates."""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = os.environ.get("CMMC_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(monkeypatch):
+    monkeypatch.setenv("CMMC_DATA_DIR", DATA)
+
+
+def load_grid():
+    spec = importlib.util.spec_from_file_location(
+        "device_grid", ROOT / "scripts" / "device_grid.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_priority_order(tmp_path):
+    grid = load_grid()
+    tasks = grid.ordered_tasks(grid.DEFAULT_EXPERIMENTS, "cuda", tmp_path, "paper")
+    stage = []  # the sequence of (experiment, variant kind) blocks, in order
+    for t in tasks:
+        block = (t["experiment"], "paper" if t["variant"] == "paper" else "")
+        if not stage or stage[-1] != block:
+            stage.append(block)
+    expected = ["main", "convergence", "tsne", "views", "ablation", "main", "temperature"]
+    assert [e for e, _ in stage] == expected
+    assert stage[0] == ("main", "") and stage[5] == ("main", "paper")
+    code = [t for t in tasks if t["experiment"] == "main" and t["variant"] == "code"]
+    seeds = [t["seed"] for t in code]
+    assert seeds == sorted(seeds)  # seed-major: every data set gets seed 0 before any seed 1
+    first = [t["dataset"] for t in code if t["seed"] == 0]
+    assert first[0] == "Fashion" and first[-1] in ("Prokaryotic", "Synthetic3d")  # large first
+
+
+def write(path: Path, **record):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+
+
+def test_seconds_per_member_prefers_batched_records(tmp_path):
+    grid = load_grid()
+    r = tmp_path / "results"
+    write(
+        r / "main/A/code/seed0-a.json", dataset="A", kind="cmmc", device="cuda", total_seconds=100
+    )
+    write(
+        r / "main/A/code/seed1-b.json",
+        dataset="A",
+        kind="cmmc",
+        device="cuda",
+        total_seconds=200,
+        batch={"size": 5},
+    )
+    write(r / "main/B/code/seed0-c.json", dataset="B", kind="cmmc", device="cuda", total_seconds=80)
+    write(r / "main/C/code/seed0-d.json", dataset="C", kind="cmmc", device="cpu", total_seconds=9)
+    write(r / "baselines/D/x/seed0-e.json", dataset="D", kind="baselines", device="cpu")
+    est = grid.seconds_per_member(r, "cuda", unknown=150)
+    assert est["A"] == pytest.approx(1.25 * 200 / 5)  # the batched record wins
+    assert est["B"] == pytest.approx(1.25 * 80 / 2)  # single runs only: half, x 1.25
+    assert est["C"] == 150 and est["D"] == 150  # other device / baselines: unknown
