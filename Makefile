@@ -59,3 +59,7 @@ devdata: setup
 	git rev-parse HEAD > .devdata/COMMIT
 	git diff --quiet HEAD -- cmmc && echo 0 > .devdata/DIRTY || echo 1 > .devdata/DIRTY
 	du -sh .devdata
+	@tree=$$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1); data=$$(du -sb .devdata | cut -f1); \
+	total=$$(( (tree + data) / 1048576 )); \
+	echo "carry: tracked tree + .devdata = $$total MiB of the lent machine's 64 MiB"; \
+	if [ $$total -ge 63 ]; then echo "too big: choose fewer DATASETS" >&2; exit 1; fi
