@@ -370,24 +370,29 @@ def _run_scalability(task: dict[str, Any], ds) -> dict[str, Any]:
     return rec
 
 
-def run_task(task: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
-    """Run one task in this process and write its record; returns the record (or the stored one)."""
+def _start_run(device_name: str, threads: int | None):
+    """Thread count, device, peak-memory counters and clocks at the start of a run (or batch)."""
     import torch
 
-    path = Path(task["path"])
-    if path.exists():
-        return json.loads(path.read_text())
-    if threads:
-        torch.set_num_threads(threads)
     from cmmc.estimator import resolve_device
 
-    device = resolve_device(task["device"])
+    if threads:
+        torch.set_num_threads(threads)
+    device = resolve_device(device_name)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     global _RUNS_IN_PROCESS
     _RUNS_IN_PROCESS += 1
-    started = datetime.now(UTC).isoformat()
-    t0 = time.perf_counter()
+    return device, datetime.now(UTC).isoformat(), time.perf_counter()
+
+
+def run_task(task: dict[str, Any], threads: int | None = None) -> dict[str, Any]:
+    """Run one task in this process and write its record; returns the record (or the stored one)."""
+
+    path = Path(task["path"])
+    if path.exists():
+        return json.loads(path.read_text())
+    device, started, t0 = _start_run(task["device"], threads)
     ds = _load(task)
     results_dir = path.parents[3]
     if task["kind"] in ("cmmc", "tsne"):
@@ -461,11 +466,9 @@ def run_batch(tasks: list[dict[str, Any]], threads: int | None = None) -> list[d
 
     Every record names the batch's members: rerunning the same batch gives the same metrics.
     """
-    import torch
 
     from cmmc.batched import fit_batched, map_threads
     from cmmc.config import Config
-    from cmmc.estimator import resolve_device
 
     todo = [t for t in tasks if not Path(t["path"]).exists()]
     done = [json.loads(Path(t["path"]).read_text()) for t in tasks if Path(t["path"]).exists()]
@@ -475,15 +478,7 @@ def run_batch(tasks: list[dict[str, Any]], threads: int | None = None) -> list[d
     if len(keys) > 1 or not all(batchable(t) for t in todo):
         raise ValueError("a batch must hold CMMC runs on the same data and configuration, "
                          "differing only in seed and temperatures")  # fmt: skip
-    if threads:
-        torch.set_num_threads(threads)
-    device = resolve_device(todo[0]["device"])
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    global _RUNS_IN_PROCESS
-    _RUNS_IN_PROCESS += 1
-    started = datetime.now(UTC).isoformat()
-    t0 = time.perf_counter()
+    device, started, t0 = _start_run(todo[0]["device"], threads)
     ds = _load(todo[0])
     seeds = [t["seed"] for t in todo]
     configs = [Config(**t["config"]) for t in todo]

@@ -1,9 +1,5 @@
 """Batched training (several seeds/temperatures at once) against separate single runs."""
 
-import json
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -12,16 +8,6 @@ from cmmc.batched import fit_batched
 from cmmc.config import make_config
 from cmmc.estimator import CMMC
 from cmmc.synthetic import make_multiview_blobs
-
-DATA = os.environ.get("CMMC_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-needs_data = pytest.mark.skipif(
-    not (Path(DATA) / "synthetic3d.mat").exists(), reason="synthetic3d.mat not in the data dir"
-)
-
-
-@pytest.fixture(autouse=True)
-def _data_dir(monkeypatch):
-    monkeypatch.setenv("CMMC_DATA_DIR", DATA)
 
 
 def small_config(**kw):
@@ -77,33 +63,3 @@ def test_batches_group_only_runs_that_differ_in_seed_or_temperature(tmp_path):
     sub = runner.plan("main", datasets=["BDGP"], seeds=[0, 1], results_dir=tmp_path, n_samples=50)
     assert all(len(g) == 1 for g in runner.batches(sub, 10))  # the subset depends on the seed
     assert [len(g) for g in runner.batches(tasks, 1)] == [1] * 6
-
-
-@needs_data
-def test_run_batch_writes_one_record_per_member_and_reruns_identically(tmp_path):
-    tasks = runner.plan(
-        "main",
-        datasets=["Synthetic3d"],
-        seeds=[0, 1],
-        variants=["code"],
-        profile="quick",
-        results_dir=tmp_path / "a",
-    )
-    recs = runner.run_grid(tasks, batch=2, progress=False)
-    assert sorted(r["seed"] for r in recs) == [0, 1]
-    for t in tasks:
-        rec = json.loads(Path(t["path"]).read_text())
-        assert rec["batch"]["size"] == 2
-        assert [m["seed"] for m in rec["batch"]["members"]] == [0, 1]
-        assert rec["key"] == t["key"] and len(rec["multilevel"]) == 3
-        assert rec["metrics"]["PUR"] >= rec["metrics"]["ACC"]
-    again = runner.plan(
-        "main",
-        datasets=["Synthetic3d"],
-        seeds=[0, 1],
-        variants=["code"],
-        profile="quick",
-        results_dir=tmp_path / "b",
-    )
-    for a, b in zip(recs, runner.run_batch(again), strict=True):
-        assert a["labels_sha256"] == b["labels_sha256"] and a["metrics"] == b["metrics"]

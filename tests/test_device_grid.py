@@ -2,18 +2,11 @@
 
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = os.environ.get("CMMC_DATA_DIR", str(ROOT.parent / "shared" / "data"))
-
-
-@pytest.fixture(autouse=True)
-def _data_dir(monkeypatch):
-    monkeypatch.setenv("CMMC_DATA_DIR", DATA)
 
 
 def load_grid():

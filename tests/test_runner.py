@@ -186,3 +186,28 @@ def test_environment_takes_the_commit_a_launcher_names(monkeypatch):
     monkeypatch.delenv("CMMC_GIT_DIRTY")
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     assert runner.environment()["git_commit"] == head.strip()
+
+
+@needs_data
+def test_run_batch_writes_one_record_per_member_and_reruns_identically(tmp_path):
+    def two_seeds(results):  # full Synthetic3d (a subset's data would depend on the seed)
+        return runner.plan(
+            "main",
+            datasets=["Synthetic3d"],
+            seeds=[0, 1],
+            variants=["code"],
+            profile="quick",
+            results_dir=results,
+        )
+
+    tasks = two_seeds(tmp_path / "a")
+    recs = runner.run_grid(tasks, batch=2, progress=False)
+    assert sorted(r["seed"] for r in recs) == [0, 1]
+    for t in tasks:
+        rec = json.loads(Path(t["path"]).read_text())
+        assert rec["batch"]["size"] == 2
+        assert [m["seed"] for m in rec["batch"]["members"]] == [0, 1]
+        assert rec["key"] == t["key"] and len(rec["multilevel"]) == 3
+        assert rec["metrics"]["PUR"] >= rec["metrics"]["ACC"]
+    for a, b in zip(recs, runner.run_batch(two_seeds(tmp_path / "b")), strict=True):
+        assert a["labels_sha256"] == b["labels_sha256"] and a["metrics"] == b["metrics"]
