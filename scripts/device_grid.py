@@ -4,7 +4,8 @@ The GPU machine lent to this project runs one command of at most 10 minutes, so 
   * plans the grids in priority order (seed-major, large datasets first, so a partial grid
     already gives every dataset several seeds),
   * trains up to ``--batch`` seeds/temperatures of one configuration at once (stacked weights,
-    ``cmmc.batched``: a single run is launch-bound) and keeps ``--workers`` batches in flight,
+    ``cmmc.batched``: a single run is launch-bound) and keeps up to ``--workers`` batches and
+    ``--members`` runs in flight (bigger batches, not more of them, when groups are large),
   * starts a batch only if it should end before ``--deadline`` (the call's time limit): the
     seconds per member come from the records of earlier calls (x 1.25), and a batch that would
     not fit is cut to the members that do, the rest staying queued; a run cut off by the end of
@@ -15,7 +16,7 @@ The GPU machine lent to this project runs one command of at most 10 minutes, so 
     (determinism on the device).
 Records already present under ``--results`` are skipped: calling it again continues the grid.
 
-    python scripts/device_grid.py --device cuda --workers 6 --batch 5 --deadline 580 --out $OUT
+    python scripts/device_grid.py --device cuda --workers 8 --batch 10 --members 30 --deadline 580 --out $OUT
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from pathlib import Path
 from cmmc.runner import _worker_init, batches, plan, run_batch
 
 # Priority: the main table's code default first, its paper forms just before the temperature grid.
+SMALL = ("BDGP", "Synthetic3d", "Prokaryotic")  # where the determinism twin is taken
 DEFAULT_EXPERIMENTS = ["main", "convergence", "tsne", "views", "ablation", "temperature"]
 
 
@@ -103,6 +105,38 @@ def seconds_per_member(results: Path, device: str, unknown: float) -> dict[str, 
     return defaultdict(lambda: unknown, est)
 
 
+def take(
+    queue: list[list[dict]],
+    running: list[list[dict]],
+    room: float,
+    per_member: dict[str, float],
+    workers: int,
+    members: int,
+) -> list[list[dict]]:
+    """The batches to start now, first come first served, taken off the front of ``queue``.
+
+    At most ``workers`` batches and ``members`` runs are in flight (the GPU's load: processes
+    time-share it, so the number of runs sets how long each takes, whatever the batching); a
+    batch is cut to the members that end within ``room`` seconds, and to the free member slots
+    when at least 3 (or the whole batch) fit: small batches waste the GPU, the rest waits.
+    """
+    started = []
+    inflight = sum(len(g) for g in running)
+    for i, g in enumerate(queue):
+        if len(running) + len(started) >= workers or inflight >= members:
+            break
+        fit = min(len(g), int(room // per_member[g[0]["dataset"]]))
+        slots = members - inflight
+        if fit < 1 or slots < min(3, fit):
+            continue
+        fit = min(fit, slots)
+        queue[i] = g[fit:]
+        started.append(g[:fit])
+        inflight += fit
+    queue[:] = [g for g in queue if g]
+    return started
+
+
 def pack(results: Path, out: Path) -> int:
     """Tar every record (not the caches) into out/results.tar.gz atomically; returns the count."""
     files = [p for p in results.rglob("seed*-*.json") if ".cache" not in p.parts]
@@ -134,8 +168,10 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--profile", default="paper")
     ap.add_argument("--results", default="results")
-    ap.add_argument("--workers", type=int, default=6, help="batches in flight on the GPU")
-    ap.add_argument("--batch", type=int, default=5, help="members per batch (1: single runs)")
+    ap.add_argument("--workers", type=int, default=8, help="batches in flight on the GPU, at most")
+    ap.add_argument("--batch", type=int, default=10, help="members per batch (1: single runs)")
+    ap.add_argument("--members", type=int, default=30, help="runs in flight on the GPU, at most")
+    ap.add_argument("--no-check", action="store_true", help="no determinism re-run")
     ap.add_argument("--deadline", type=float, default=580, help="seconds the call may run")
     ap.add_argument(
         "--unknown", type=float, default=150, help="seconds per member for a dataset never run"
@@ -157,13 +193,10 @@ def main() -> None:
     print(f"planned {len(tasks)} runs, {len(todo)} without a record, {len(groups)} batches")
     per_member = seconds_per_member(results, args.device, args.unknown)
     threads = max(1, (os.cpu_count() or 1) // (args.workers + 1))
-    # The twin batch: a small set, early in the queue, so both finish well inside the budget.
-    small = [g for g in groups if g[0]["dataset"] in ("BDGP", "Synthetic3d", "Prokaryotic")]
-    small.sort(key=lambda g: len(g) < 2)  # a real batch first: its determinism is the question
-    probe = (small or groups or [None])[0]
-    if "scalability" in args.experiments:  # its times must not share the GPU with a twin
-        probe = None
-    check = start_check(probe, results, threads) if probe else None
+    # The twin: the first batch of 2+ runs of a small set that the grid starts (exactly those
+    # members: a batch's rounding may depend on its size) runs again in its own process.
+    want_check = not ("scalability" in args.experiments or args.no_check)  # no twin beside it
+    probe, check = None, None
     log = open(out / "grid_log.tsv", "a")
     queue = list(groups)
     running: dict = {}
@@ -183,16 +216,11 @@ def main() -> None:
         while queue or running:
             elapsed = time.perf_counter() - t0
             room = args.deadline - elapsed
-            for i in range(len(queue)):  # first come, first served, among those that fit
-                if len(running) >= args.workers:
-                    break
-                g = queue[i]
-                fit = min(len(g), int(room // per_member[g[0]["dataset"]]))
-                if fit < 1:
-                    continue
-                queue[i] = g[fit:]
-                running[pool.submit(run_batch, g[:fit])] = (g[:fit], time.perf_counter())
-            queue = [g for g in queue if g]
+            busy = [g for g, _ in running.values()]
+            for g in take(queue, busy, room, per_member, args.workers, args.members):
+                running[pool.submit(run_batch, g)] = (g, time.perf_counter())
+                if want_check and probe is None and len(g) > 1 and g[0]["dataset"] in SMALL:
+                    probe, check = g, start_check(g, results, threads)
             if not running:
                 break
             finished, _ = wait(running, timeout=5, return_when=FIRST_COMPLETED)

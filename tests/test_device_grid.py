@@ -62,3 +62,32 @@ def test_seconds_per_member_prefers_batched_records(tmp_path):
     assert est["A"] == pytest.approx(1.25 * 200 / 5)  # the batched record wins
     assert est["B"] == pytest.approx(1.25 * 80 / 2)  # single runs only: half, x 1.25
     assert est["C"] == 150 and est["D"] == 150  # other device / baselines: unknown
+
+
+def batch(dataset: str, n: int) -> list[dict]:
+    return [{"dataset": dataset, "seed": s} for s in range(n)]
+
+
+def test_take_caps_batches_runs_and_time():
+    grid = load_grid()
+    per = {"A": 10.0, "B": 100.0}
+    # 30 run slots: A's 10 and 10 fill 20; B (10 runs) gets the 10 left; the 4th waits (workers)
+    queue = [batch("A", 10), batch("A", 10), batch("B", 10), batch("A", 2)]
+    started = grid.take(queue, [], 1000.0, per, workers=3, members=30)
+    assert [len(g) for g in started] == [10, 10, 10]
+    assert [len(g) for g in queue] == [2]
+    # only 350 s left: B is cut to the 3 members that end in time; the rest stays queued
+    queue = [batch("B", 10)]
+    started = grid.take(queue, [], 350.0, per, workers=8, members=30)
+    assert [len(g) for g in started] == [3] and [len(g) for g in queue] == [7]
+    # 28 runs in flight: 2 free slots do not start a part of a 10-run batch, but a 2-run one fits
+    queue = [batch("A", 10), batch("A", 2)]
+    started = grid.take(queue, [batch("A", 28)], 1000.0, per, workers=8, members=30)
+    assert [len(g) for g in started] == [2] and [len(g) for g in queue] == [10]
+    # 25 in flight: 5 free slots take 5 of a 10-run batch
+    queue = [batch("A", 10)]
+    started = grid.take(queue, [batch("A", 25)], 1000.0, per, workers=8, members=30)
+    assert [len(g) for g in started] == [5] and [len(g) for g in queue] == [5]
+    # nothing fits in 5 s
+    queue = [batch("A", 10)]
+    assert grid.take(queue, [], 5.0, per, workers=8, members=30) == []
