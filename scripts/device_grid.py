@@ -85,10 +85,13 @@ def readable(names: set[str]) -> set[str]:
 
 def seconds_per_member(results: Path, device: str, unknown: float) -> dict[str, float]:
     """Per dataset, a pessimistic wall time of one member of a batch on this device kind: the
-    slowest (batch time / members) among the batched records, x 1.25; where a dataset has only
-    single runs (the first GPU session's, 12 sharing the GPU), half their slowest time, x 1.25."""
-    batched: dict[str, float] = {}
-    single: dict[str, float] = {}
+    slowest (batch time / members) among the records made under a known GPU load (they say
+    ``concurrent_runs``; a lone run counts as a batch of one), x 1.25. A batch's time grows less
+    than linearly with its members, so the small batches set the estimate. Where a dataset has
+    only the first GPU session's records (single runs, 12 sharing the GPU, load not recorded):
+    half their slowest time, x 1.25."""
+    known: dict[str, float] = {}
+    old: dict[str, float] = {}
     kind = "cpu" if device == "cpu" else "cuda"
     for p in results.rglob("seed*-*.json"):
         if ".cache" in p.parts:
@@ -98,10 +101,10 @@ def seconds_per_member(results: Path, device: str, unknown: float) -> dict[str, 
             continue
         size = (r.get("batch") or {}).get("size", 1)
         per = float(r.get("total_seconds") or 0) / size
-        into = batched if size > 1 else single
+        into = known if (r.get("environment") or {}).get("concurrent_runs") else old
         into[r["dataset"]] = max(into.get(r["dataset"], 0.0), per)
-    est = {k: 1.25 * v / 2 for k, v in single.items()}
-    est.update({k: 1.25 * v for k, v in batched.items()})
+    est = {k: 1.25 * v / 2 for k, v in old.items()}
+    est.update({k: 1.25 * v for k, v in known.items()})
     return defaultdict(lambda: unknown, est)
 
 
@@ -201,7 +204,7 @@ def main() -> None:
     queue = list(groups)
     running: dict = {}
     last_pack = time.perf_counter()
-    done = failed = 0
+    done = failed = lost = 0
     os.environ["CMMC_CONCURRENT_RUNS"] = str(args.workers)  # recorded in every record
     ctx = mp.get_context("spawn")  # CUDA cannot live in a forked process
     # scalability records each run's peak memory: a fresh process per run there
@@ -222,6 +225,20 @@ def main() -> None:
                 if want_check and probe is None and len(g) > 1 and g[0]["dataset"] in SMALL:
                     probe, check = g, start_check(g, results, threads)
             if not running:
+                break
+            if room <= 0:  # out of time: what still runs is lost; stop before the call is killed
+                for g, _ in running.values():
+                    t = g[0]
+                    line = f"{elapsed:.0f}\t{t['experiment']}/{t['dataset']}/{t['variant']}/" + (
+                        f"seeds{','.join(str(m['seed']) for m in g)}\t-\tLOST at the deadline"
+                    )
+                    print(line, flush=True)
+                    log.write(line + "\n")
+                for proc in list(pool._processes.values()):  # no public way to stop a worker
+                    proc.kill()
+                pool.shutdown(wait=False, cancel_futures=True)
+                lost = sum(len(g) for g, _ in running.values())
+                running.clear()
                 break
             finished, _ = wait(running, timeout=5, return_when=FIRST_COMPLETED)
             for fut in finished:
@@ -247,7 +264,8 @@ def main() -> None:
                 last_pack = time.perf_counter()
 
     n = pack(results, out)
-    print(f"done {done}, failed {failed}, left {len(queue)}, records packed {n}", flush=True)
+    left = sum(len(g) for g in queue)
+    print(f"done {done}, failed {failed}, lost {lost}, left {left}, records packed {n}", flush=True)
     if check is not None:
         proc, twin = check
         try:

@@ -44,6 +44,7 @@ def write(path: Path, **record):
 def test_seconds_per_member_prefers_batched_records(tmp_path):
     grid = load_grid()
     r = tmp_path / "results"
+    load = {"concurrent_runs": 8}
     write(
         r / "main/A/code/seed0-a.json", dataset="A", kind="cmmc", device="cuda", total_seconds=100
     )
@@ -54,13 +55,25 @@ def test_seconds_per_member_prefers_batched_records(tmp_path):
         device="cuda",
         total_seconds=200,
         batch={"size": 5},
+        environment=load,
     )
+    for seed, secs, size in [(0, 300, 1), (1, 400, 2), (3, 500, 3)]:  # E: the lone run is slowest
+        write(
+            r / f"main/E/code/seed{seed}-f.json",
+            dataset="E",
+            kind="cmmc",
+            device="cuda",
+            total_seconds=secs,
+            batch={"size": size} if size > 1 else None,
+            environment=load,
+        )
     write(r / "main/B/code/seed0-c.json", dataset="B", kind="cmmc", device="cuda", total_seconds=80)
     write(r / "main/C/code/seed0-d.json", dataset="C", kind="cmmc", device="cpu", total_seconds=9)
     write(r / "baselines/D/x/seed0-e.json", dataset="D", kind="baselines", device="cpu")
     est = grid.seconds_per_member(r, "cuda", unknown=150)
-    assert est["A"] == pytest.approx(1.25 * 200 / 5)  # the batched record wins
-    assert est["B"] == pytest.approx(1.25 * 80 / 2)  # single runs only: half, x 1.25
+    assert est["A"] == pytest.approx(1.25 * 200 / 5)  # the record with a known load wins
+    assert est["E"] == pytest.approx(1.25 * 300)  # slowest per member: the lone run
+    assert est["B"] == pytest.approx(1.25 * 80 / 2)  # load not recorded: half, x 1.25
     assert est["C"] == 150 and est["D"] == 150  # other device / baselines: unknown
 
 
