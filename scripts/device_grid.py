@@ -16,7 +16,7 @@ The GPU machine lent to this project runs one command of at most 10 minutes, so 
     (determinism on the device).
 Records already present under ``--results`` are skipped: calling it again continues the grid.
 
-    python scripts/device_grid.py --device cuda --workers 8 --batch 10 --members 30 --deadline 580 --out $OUT
+    python scripts/device_grid.py --device cuda --workers 4 --batch 10 --members 40 --deadline 580 --out $OUT
 """
 
 from __future__ import annotations
@@ -83,15 +83,20 @@ def readable(names: set[str]) -> set[str]:
     return ok
 
 
-def seconds_per_member(results: Path, device: str, unknown: float) -> dict[str, float]:
-    """Per dataset, a pessimistic wall time of one member of a batch on this device kind: the
-    slowest (batch time / members) among the records made under a known GPU load (they say
-    ``concurrent_runs``; a lone run counts as a batch of one), x 1.25. A batch's time grows less
-    than linearly with its members, so the small batches set the estimate. Where a dataset has
-    only the first GPU session's records (single runs, 12 sharing the GPU, load not recorded):
-    half their slowest time, x 1.25."""
-    known: dict[str, float] = {}
-    old: dict[str, float] = {}
+def seconds_per_member(
+    results: Path, device: str, unknown: float, workers: int
+) -> dict[str, float]:
+    """Per dataset, a pessimistic wall time of one member of a batch in a call with ``workers``
+    batches in flight on this device kind.
+
+    Processes time-share the GPU, so a batch runs about ``load`` times slower than alone, where
+    ``load`` is the number of batches in flight (a record's ``concurrent_runs``; the first GPU
+    session's records lack it: 12 single runs shared the GPU). Per record, (batch time /
+    members / load) is its member's share of GPU time; the estimate is the slowest of them x
+    ``workers`` x 1.25. A batch's time grows less than linearly with its members, so the small
+    batches set the estimate.
+    """
+    share: dict[str, float] = {}
     kind = "cpu" if device == "cpu" else "cuda"
     for p in results.rglob("seed*-*.json"):
         if ".cache" in p.parts:
@@ -100,11 +105,10 @@ def seconds_per_member(results: Path, device: str, unknown: float) -> dict[str, 
         if not str(r.get("device", "")).startswith(kind) or r.get("kind") == "baselines":
             continue
         size = (r.get("batch") or {}).get("size", 1)
-        per = float(r.get("total_seconds") or 0) / size
-        into = known if (r.get("environment") or {}).get("concurrent_runs") else old
-        into[r["dataset"]] = max(into.get(r["dataset"], 0.0), per)
-    est = {k: 1.25 * v / 2 for k, v in old.items()}
-    est.update({k: 1.25 * v for k, v in known.items()})
+        load = (r.get("environment") or {}).get("concurrent_runs") or 12
+        per = float(r.get("total_seconds") or 0) / size / load
+        share[r["dataset"]] = max(share.get(r["dataset"], 0.0), per)
+    est = {k: 1.25 * v * workers for k, v in share.items()}
     return defaultdict(lambda: unknown, est)
 
 
@@ -171,9 +175,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--profile", default="paper")
     ap.add_argument("--results", default="results")
-    ap.add_argument("--workers", type=int, default=8, help="batches in flight on the GPU, at most")
+    ap.add_argument("--workers", type=int, default=4, help="batches in flight on the GPU, at most")
     ap.add_argument("--batch", type=int, default=10, help="members per batch (1: single runs)")
-    ap.add_argument("--members", type=int, default=30, help="runs in flight on the GPU, at most")
+    ap.add_argument("--members", type=int, default=40, help="runs in flight on the GPU, at most")
     ap.add_argument("--no-check", action="store_true", help="no determinism re-run")
     ap.add_argument("--deadline", type=float, default=580, help="seconds the call may run")
     ap.add_argument(
@@ -194,7 +198,7 @@ def main() -> None:
     todo = todo[: args.limit]
     groups = batches(todo, args.batch)
     print(f"planned {len(tasks)} runs, {len(todo)} without a record, {len(groups)} batches")
-    per_member = seconds_per_member(results, args.device, args.unknown)
+    per_member = seconds_per_member(results, args.device, args.unknown, args.workers)
     threads = max(1, (os.cpu_count() or 1) // (args.workers + 1))
     # The twin: the first batch of 2+ runs of a small set that the grid starts (exactly those
     # members: a batch's rounding may depend on its size) runs again in its own process.

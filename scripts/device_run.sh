@@ -7,8 +7,8 @@
 #   here:   tar xzf <files_at>/results.tar.gz # then commit results/
 #
 # The argument is the deadline: seconds this call may run (a little under the call's timeout); a
-# batch starts only if the records of earlier calls say it ends in time. Up to WORKERS (default 8)
-# batches of up to BATCH (default 10) seeds/temperatures, MEMBERS (default 30) runs in all, share
+# batch starts only if the records of earlier calls say it ends in time. Up to WORKERS (default 4)
+# batches of up to BATCH (default 10) seeds/temperatures, MEMBERS (default 40) runs in all, share
 # the GPU. NO_CHECK=1: no determinism re-run (one per session is enough).
 set -u
 DEADLINE=${1:-580}
@@ -21,6 +21,6 @@ mkdir -p "$OUT"
 nvidia-smi -L
 # GPU load every 5 s: tells the next session whether the GPU or the CPUs were the limit.
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 >"$OUT/gpu_util.csv" &
-python3 scripts/device_grid.py --device cuda --workers "${WORKERS:-8}" --batch "${BATCH:-10}" \
-    --members "${MEMBERS:-30}" --deadline "$DEADLINE" --out "$OUT" ${NO_CHECK:+--no-check} \
+python3 scripts/device_grid.py --device cuda --workers "${WORKERS:-4}" --batch "${BATCH:-10}" \
+    --members "${MEMBERS:-40}" --deadline "$DEADLINE" --out "$OUT" ${NO_CHECK:+--no-check} \
     ${EXPERIMENTS:+--experiments $EXPERIMENTS} 2>&1 | tee "$OUT/stdout.log" | grep -v -i warning

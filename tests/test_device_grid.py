@@ -41,39 +41,31 @@ def write(path: Path, **record):
     path.write_text(json.dumps(record))
 
 
-def test_seconds_per_member_prefers_batched_records(tmp_path):
+def test_seconds_per_member_scales_with_the_load(tmp_path):
     grid = load_grid()
     r = tmp_path / "results"
-    load = {"concurrent_runs": 8}
-    write(
-        r / "main/A/code/seed0-a.json", dataset="A", kind="cmmc", device="cuda", total_seconds=100
-    )
-    write(
-        r / "main/A/code/seed1-b.json",
-        dataset="A",
-        kind="cmmc",
-        device="cuda",
-        total_seconds=200,
-        batch={"size": 5},
-        environment=load,
-    )
-    for seed, secs, size in [(0, 300, 1), (1, 400, 2), (3, 500, 3)]:  # E: the lone run is slowest
+
+    def rec(name, dataset, secs, size=1, load=None, device="cuda", kind="cmmc"):
         write(
-            r / f"main/E/code/seed{seed}-f.json",
-            dataset="E",
-            kind="cmmc",
-            device="cuda",
+            r / name,
+            dataset=dataset,
+            kind=kind,
+            device=device,
             total_seconds=secs,
             batch={"size": size} if size > 1 else None,
-            environment=load,
+            environment={"concurrent_runs": load} if load else {},
         )
-    write(r / "main/B/code/seed0-c.json", dataset="B", kind="cmmc", device="cuda", total_seconds=80)
-    write(r / "main/C/code/seed0-d.json", dataset="C", kind="cmmc", device="cpu", total_seconds=9)
-    write(r / "baselines/D/x/seed0-e.json", dataset="D", kind="baselines", device="cpu")
-    est = grid.seconds_per_member(r, "cuda", unknown=150)
-    assert est["A"] == pytest.approx(1.25 * 200 / 5)  # the record with a known load wins
-    assert est["E"] == pytest.approx(1.25 * 300)  # slowest per member: the lone run
-    assert est["B"] == pytest.approx(1.25 * 80 / 2)  # load not recorded: half, x 1.25
+
+    rec("main/A/code/seed0-a.json", "A", 120)  # first GPU session: 12 single runs at once
+    rec("main/A/code/seed1-b.json", "A", 200, size=5, load=8)  # 200 / 5 / 8 = 5 s of GPU each
+    rec("main/E/code/seed0-c.json", "E", 320, load=8)  # the lone run is the slowest per member
+    rec("main/E/code/seed1-d.json", "E", 400, size=2, load=8)
+    rec("main/E/code/seed2-e.json", "E", 480, size=3, load=8)
+    rec("main/C/code/seed0-f.json", "C", 9, device="cpu")
+    rec("baselines/D/x/seed0-g.json", "D", 9, kind="baselines")
+    est = grid.seconds_per_member(r, "cuda", unknown=150, workers=4)
+    assert est["A"] == pytest.approx(1.25 * 4 * 120 / 12)  # 10 s of GPU beats 200 / 5 / 8 = 5
+    assert est["E"] == pytest.approx(1.25 * 4 * 320 / 8)
     assert est["C"] == 150 and est["D"] == 150  # other device / baselines: unknown
 
 
