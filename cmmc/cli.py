@@ -105,6 +105,22 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Recompute recorded runs and compare them with their records; exit 1 if one differs."""
+    import json
+    import tempfile
+
+    from cmmc.runner import verify_record
+
+    differ = 0
+    with tempfile.TemporaryDirectory(prefix="cmmc-verify-") as scratch:
+        for path in args.records:
+            verdict = verify_record(path, args.scratch or scratch, device=args.device)
+            print(json.dumps(verdict))
+            differ += not verdict["same"]
+    return 1 if differ else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cmmc`` command."""
     p = argparse.ArgumentParser(prog="cmmc", description=__doc__)
@@ -152,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--n-samples", type=int, help="run on a seeded subset of this size")
     r.add_argument("--dry-run", action="store_true")
     r.set_defaults(fn=cmd_reproduce)
+
+    v = sub.add_parser(
+        "verify",
+        help="recompute recorded runs (a batched one with its batch) and compare with the records",
+    )
+    v.add_argument("records", nargs="+", help="record files (results/.../seed<k>-<key>.json)")
+    v.add_argument("--device", help="recompute on this device instead of the record's")
+    v.add_argument("--scratch", help="keep the recomputed records here (default: a temp dir)")
+    v.set_defaults(fn=cmd_verify)
     return p
 
 

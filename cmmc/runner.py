@@ -508,6 +508,91 @@ def _worker_init(threads: int) -> None:
     threadpool_limits(threads)
 
 
+def verify_record(
+    path: str | Path,
+    scratch: str | Path,
+    device: str | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Recompute a recorded run from its record alone and compare it with the record.
+
+    The run is rebuilt from the record's data, configuration, options and seed (its key must
+    come out the same: otherwise the record or the code changed what a run means); a run
+    trained in a batch is recomputed with its whole batch (``batch.members``), since a batch's
+    rounding may differ from a lone run's. The new records go under ``scratch``. ``device``
+    overrides the record's device (then only the metrics can be compared, not expected equal).
+    Returns ``same`` (label hash and metrics equal; for baselines, every method's metrics),
+    ``same_labels`` (None where the record keeps no label hash) and both sets of metrics.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"record {path}: no such file")
+    rec = json.loads(path.read_text())
+    missing = [
+        k for k in ("key", "kind", "dataset", "data", "config", "seed", "device") if k not in rec
+    ]
+    if missing:
+        raise ValueError(f"record {path}: not a run record, missing {missing}")
+    if device is None and rec["device"].startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"record {path} was computed on {rec['device']}, and this machine has no CUDA "
+                "device; pass device='cpu' (--device cpu) to recompute it on the CPU, where the "
+                "metrics are not expected to be equal"
+            )
+    members = (rec.get("batch") or {}).get("members") or [{"seed": rec["seed"], "key": rec["key"]}]
+    tasks = []
+    for m in members:
+        config = dict(rec["config"])
+        config.update({k: m[k] for k in ("tau_f", "tau_l") if k in m})
+        task = {k: rec[k] for k in ("experiment", "kind", "dataset", "variant", "profile")}
+        task.update(data=rec["data"], config=config, options=rec.get("options", {}))
+        task.update(seed=m["seed"], device=rec["device"], cache_pretrain=False)
+        key = run_key(task)
+        if key != m["key"]:
+            raise ValueError(
+                f"record {path}: the run rebuilt from it has key {key}, the record says "
+                f"{m['key']} (seed {m['seed']}): the record or the meaning of a run changed"
+            )
+        task["key"] = key
+        if device is not None:
+            task["device"] = device
+        task["path"] = str(record_path(scratch, task))
+        tasks.append(task)
+    out = run_batch(tasks, threads) if len(tasks) > 1 else [run_task(tasks[0], threads)]
+    new = next(r for r in out if r["key"] == rec["key"])
+    had, got = _outcome(rec), _outcome(new)
+    return {
+        "record": str(path),
+        "rerun": next(t["path"] for t in tasks if t["key"] == rec["key"]),
+        "device": new["device"],
+        "batch_seeds": [m["seed"] for m in members],
+        "same": had == got,
+        "same_labels": (
+            rec["labels_sha256"] == new.get("labels_sha256") if "labels_sha256" in rec else None
+        ),
+        "metrics_record": had["metrics"],
+        "metrics_rerun": got["metrics"],
+    }
+
+
+def _outcome(rec: dict[str, Any]) -> dict[str, Any]:
+    """What a rerun must reproduce: the label hash and metrics (for baselines, each method's
+    metrics); times are left out."""
+    if "baselines" in rec:
+        drop = ("seconds",)
+        return {
+            "labels": None,
+            "metrics": {
+                m: {k: v for k, v in res.items() if k not in drop}
+                for m, res in rec["baselines"].items()
+            },
+        }
+    return {"labels": rec.get("labels_sha256"), "metrics": rec.get("metrics")}
+
+
 def run_grid(
     tasks: list[dict[str, Any]],
     workers: int = 1,

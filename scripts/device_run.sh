@@ -21,6 +21,11 @@ mkdir -p "$OUT"
 nvidia-smi -L
 # GPU load every 5 s: tells the next session whether the GPU or the CPUs were the limit.
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 >"$OUT/gpu_util.csv" &
+# VERIFY="results/...json ...": recompute these records (a batched one with its batch) beside the
+# grid and compare (cmmc verify); the verdicts come back in $OUT/verify.jsonl.
+if [ -n "${VERIFY:-}" ]; then
+    python3 -m cmmc.cli verify $VERIFY --scratch /tmp/cmmc_verify >"$OUT/verify.jsonl" 2>"$OUT/verify.err" &
+fi
 python3 scripts/device_grid.py --device cuda --workers "${WORKERS:-4}" --batch "${BATCH:-10}" \
     --members "${MEMBERS:-40}" --deadline "$DEADLINE" --out "$OUT" ${NO_CHECK:+--no-check} \
     ${EXPERIMENTS:+--experiments $EXPERIMENTS} 2>&1 | tee "$OUT/stdout.log" | grep -v -i warning

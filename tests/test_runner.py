@@ -211,3 +211,61 @@ def test_run_batch_writes_one_record_per_member_and_reruns_identically(tmp_path)
         assert rec["metrics"]["PUR"] >= rec["metrics"]["ACC"]
     for a, b in zip(recs, runner.run_batch(two_seeds(tmp_path / "b")), strict=True):
         assert a["labels_sha256"] == b["labels_sha256"] and a["metrics"] == b["metrics"]
+
+
+@needs_data
+def test_verify_recomputes_a_record_and_its_batch(tmp_path):
+    tasks = runner.plan(
+        "main",
+        datasets=["Synthetic3d"],
+        seeds=[0, 1],
+        variants=["code"],
+        profile="quick",
+        results_dir=tmp_path / "results",
+    )
+    runner.run_grid(tasks, batch=2, progress=False)
+    second = Path(tasks[1]["path"])
+    verdict = runner.verify_record(second, tmp_path / "scratch")
+    assert verdict["batch_seeds"] == [0, 1]  # recomputed with its whole batch
+    assert verdict["same"] and verdict["same_labels"]
+    assert Path(verdict["rerun"]).is_file()
+    # a record whose labels do not come out of its configuration is caught
+    rec = json.loads(second.read_text())
+    rec["labels_sha256"] = "0" * 64
+    forged = tmp_path / "forged" / second.name
+    forged.parent.mkdir()
+    forged.write_text(json.dumps(rec))
+    forged_verdict = runner.verify_record(forged, tmp_path / "scratch2")
+    assert not forged_verdict["same"] and not forged_verdict["same_labels"]
+    # a record whose configuration was edited no longer matches its key
+    rec["config"]["lr"] = 0.5
+    forged.write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match="key"):
+        runner.verify_record(forged, tmp_path / "scratch3")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        runner.verify_record(tmp_path / "nothing.json", tmp_path / "scratch4")
+
+
+@needs_data
+def test_verify_command_on_a_baseline_record(tmp_path, capsys):
+    from cmmc.cli import main
+
+    tasks = runner.plan(
+        "baselines", datasets=["Synthetic3d"], seeds=[3], profile="quick", results_dir=tmp_path
+    )
+    runner.run_grid(tasks, progress=False)
+    assert main(["verify", tasks[0]["path"], "--scratch", str(tmp_path / "s")]) == 0
+    verdict = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert verdict["same"] and verdict["same_labels"] is None  # baselines keep no label hash
+    assert set(verdict["metrics_rerun"]) == {
+        "kmeans_best_view",
+        "kmeans_concat",
+        "spectral_concat",
+        "coreg_spectral",
+    }
+    # a baseline record with an altered metric is caught, and the command says so (exit 1)
+    rec = json.loads(Path(tasks[0]["path"]).read_text())
+    rec["baselines"]["kmeans_concat"]["ACC"] += 0.01
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(rec))
+    assert main(["verify", str(forged), "--scratch", str(tmp_path / "s2")]) == 1
