@@ -231,6 +231,19 @@ def missing_summary(missing: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+def missing_details(missing: pd.DataFrame, what: str = "planned run(s)"):
+    """The runs without a record as a collapsed HTML list (``<details>``): a page with many
+    missing runs still opens on its results. Grouped by :func:`missing_summary`."""
+    from IPython.display import HTML
+
+    table = missing_summary(missing)
+    n = 0 if missing is None else len(missing)
+    inner = table.to_html(index=False, classes="table", border=0)
+    return HTML(
+        f"<details><summary>{n} {what} without a record: show which</summary>{inner}</details>"
+    )
+
+
 def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per record: identity, metrics, losses, time and memory."""
     rows = []

@@ -84,3 +84,13 @@ def test_records_frame_reads_the_batch_size():
     assert df.loc[1, "total_seconds"] / df.loc[1, "batch_size"] == 10.0
     text = report.provenance([{**single, "profile": "paper"}, {**batched, "profile": "paper"}])
     assert text.endswith("; 1 of them trained in batches of 3 runs at once (cmmc.batched)")
+
+
+def test_missing_details_is_collapsed_and_grouped():
+    missing = pd.DataFrame(
+        {"dataset": ["A", "A", "B"], "variant": ["code", "code", "paper"], "seed": [3, 1, 0]}
+    )
+    html = report.missing_details(missing, "CMMC run(s)").data
+    assert html.startswith("<details><summary>3 CMMC run(s) without a record")
+    assert "<td>1, 3</td>" in html and "<td>0</td>" in html  # seeds grouped and sorted
+    assert html.endswith("</details>")
