@@ -30,6 +30,7 @@ import sys
 import tarfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
@@ -85,18 +86,19 @@ def readable(names: set[str]) -> set[str]:
 
 def seconds_per_member(
     results: Path, device: str, unknown: float, workers: int
-) -> dict[str, float]:
-    """Per dataset, a pessimistic wall time of one member of a batch in a call with ``workers``
-    batches in flight on this device kind.
+) -> Callable[[str, int], float]:
+    """``estimate(dataset, m)``: a pessimistic wall time of one member of a batch of ``m`` on
+    this device kind, in a call with ``workers`` batches in flight.
 
     Processes time-share the GPU, so a batch runs about ``load`` times slower than alone, where
     ``load`` is the number of batches in flight (a record's ``concurrent_runs``; the first GPU
     session's records lack it: 12 single runs shared the GPU). Per record, (batch time /
-    members / load) is its member's share of GPU time; the estimate is the slowest of them x
-    ``workers`` x 1.25. A batch's time grows less than linearly with its members, so the small
-    batches set the estimate.
+    members / load) is its member's share of GPU time. A member's share shrinks as its batch
+    grows, so a batch of ``m`` is estimated from the records of the largest batch size up to
+    ``m`` (the slowest of them; from the smallest size when none is that small), x ``workers``
+    x 1.25. A data set without records: ``unknown`` seconds per member.
     """
-    share: dict[str, float] = {}
+    shares: dict[str, dict[int, float]] = defaultdict(dict)
     kind = "cpu" if device == "cpu" else "cuda"
     for p in results.rglob("seed*-*.json"):
         if ".cache" in p.parts:
@@ -107,16 +109,25 @@ def seconds_per_member(
         size = (r.get("batch") or {}).get("size", 1)
         load = (r.get("environment") or {}).get("concurrent_runs") or 12
         per = float(r.get("total_seconds") or 0) / size / load
-        share[r["dataset"]] = max(share.get(r["dataset"], 0.0), per)
-    est = {k: 1.25 * v * workers for k, v in share.items()}
-    return defaultdict(lambda: unknown, est)
+        by_size = shares[r["dataset"]]
+        by_size[size] = max(by_size.get(size, 0.0), per)
+
+    def estimate(dataset: str, m: int) -> float:
+        by_size = shares.get(dataset)
+        if not by_size:
+            return unknown
+        fitting = [s for s in by_size if s <= m]
+        size = max(fitting) if fitting else min(by_size)
+        return 1.25 * by_size[size] * workers
+
+    return estimate
 
 
 def take(
     queue: list[list[dict]],
     running: list[list[dict]],
     room: float,
-    per_member: dict[str, float],
+    per_member: Callable[[str, int], float],
     workers: int,
     members: int,
 ) -> list[list[dict]]:
@@ -132,7 +143,8 @@ def take(
     for i, g in enumerate(queue):
         if len(running) + len(started) >= workers or inflight >= members:
             break
-        fit = min(len(g), int(room // per_member[g[0]["dataset"]]))
+        ds = g[0]["dataset"]
+        fit = next((m for m in range(len(g), 0, -1) if m * per_member(ds, m) <= room), 0)
         slots = members - inflight
         if fit < 1 or slots < min(3, fit):
             continue
@@ -179,6 +191,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=10, help="members per batch (1: single runs)")
     ap.add_argument("--members", type=int, default=40, help="runs in flight on the GPU, at most")
     ap.add_argument("--no-check", action="store_true", help="no determinism re-run")
+    ap.add_argument(
+        "--extra-load",
+        type=int,
+        default=0,
+        help="other processes on the GPU during the call (e.g. a `cmmc verify` beside it)",
+    )
     ap.add_argument("--deadline", type=float, default=580, help="seconds the call may run")
     ap.add_argument(
         "--unknown", type=float, default=150, help="seconds per member for a dataset never run"
@@ -198,18 +216,20 @@ def main() -> None:
     todo = todo[: args.limit]
     groups = batches(todo, args.batch)
     print(f"planned {len(tasks)} runs, {len(todo)} without a record, {len(groups)} batches")
-    per_member = seconds_per_member(results, args.device, args.unknown, args.workers)
+    want_check = not ("scalability" in args.experiments or args.no_check)  # no twin beside it
+    # every process on the GPU slows every batch: the twin and any --extra-load count too
+    load = args.workers + args.extra_load + int(want_check)
+    per_member = seconds_per_member(results, args.device, args.unknown, load)
     threads = max(1, (os.cpu_count() or 1) // (args.workers + 1))
     # The twin: the first batch of 2+ runs of a small set that the grid starts (exactly those
     # members: a batch's rounding may depend on its size) runs again in its own process.
-    want_check = not ("scalability" in args.experiments or args.no_check)  # no twin beside it
     probe, check = None, None
     log = open(out / "grid_log.tsv", "a")
     queue = list(groups)
     running: dict = {}
     last_pack = time.perf_counter()
     done = failed = lost = 0
-    os.environ["CMMC_CONCURRENT_RUNS"] = str(args.workers)  # recorded in every record
+    os.environ["CMMC_CONCURRENT_RUNS"] = str(load)  # recorded: processes sharing the GPU, at most
     ctx = mp.get_context("spawn")  # CUDA cannot live in a forked process
     # scalability records each run's peak memory: a fresh process per run there
     fresh = 1 if "scalability" in args.experiments else None

@@ -28,4 +28,5 @@ if [ -n "${VERIFY:-}" ]; then
 fi
 python3 scripts/device_grid.py --device cuda --workers "${WORKERS:-4}" --batch "${BATCH:-10}" \
     --members "${MEMBERS:-40}" --deadline "$DEADLINE" --out "$OUT" ${NO_CHECK:+--no-check} \
+    --extra-load "$([ -n "${VERIFY:-}" ] && echo 1 || echo 0)" \
     ${EXPERIMENTS:+--experiments $EXPERIMENTS} 2>&1 | tee "$OUT/stdout.log" | grep -v -i warning

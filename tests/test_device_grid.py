@@ -64,9 +64,15 @@ def test_seconds_per_member_scales_with_the_load(tmp_path):
     rec("main/C/code/seed0-f.json", "C", 9, device="cpu")
     rec("baselines/D/x/seed0-g.json", "D", 9, kind="baselines")
     est = grid.seconds_per_member(r, "cuda", unknown=150, workers=4)
-    assert est["A"] == pytest.approx(1.25 * 4 * 120 / 12)  # 10 s of GPU beats 200 / 5 / 8 = 5
-    assert est["E"] == pytest.approx(1.25 * 4 * 320 / 8)
-    assert est["C"] == 150 and est["D"] == 150  # other device / baselines: unknown
+    # A: a lone run's share 120 / 12 = 10 s; a batch of 5: 200 / 5 / 8 = 5 s each
+    assert est("A", 1) == pytest.approx(1.25 * 4 * 10)
+    assert est("A", 4) == pytest.approx(1.25 * 4 * 10)  # no batch of 2-4 recorded: the lone run
+    assert est("A", 5) == pytest.approx(1.25 * 4 * 5) == est("A", 10)
+    # E: shares 40 (lone), 25 (pair), 20 (triple): the largest recorded size up to m
+    assert est("E", 1) == pytest.approx(1.25 * 4 * 320 / 8)
+    assert est("E", 2) == pytest.approx(1.25 * 4 * 400 / 2 / 8)
+    assert est("E", 9) == pytest.approx(1.25 * 4 * 480 / 3 / 8)
+    assert est("C", 1) == 150 and est("D", 3) == 150  # other device / baselines: unknown
 
 
 def batch(dataset: str, n: int) -> list[dict]:
@@ -75,7 +81,11 @@ def batch(dataset: str, n: int) -> list[dict]:
 
 def test_take_caps_batches_runs_and_time():
     grid = load_grid()
-    per = {"A": 10.0, "B": 100.0}
+    table = {"A": 10.0, "B": 100.0}
+
+    def per(dataset, m):
+        return table[dataset]
+
     # 30 run slots: A's 10 and 10 fill 20; B (10 runs) gets the 10 left; the 4th waits (workers)
     queue = [batch("A", 10), batch("A", 10), batch("B", 10), batch("A", 2)]
     started = grid.take(queue, [], 1000.0, per, workers=3, members=30)
@@ -96,3 +106,15 @@ def test_take_caps_batches_runs_and_time():
     # nothing fits in 5 s
     queue = [batch("A", 10)]
     assert grid.take(queue, [], 5.0, per, workers=8, members=30) == []
+
+
+def test_take_uses_the_estimate_of_the_batch_size_it_starts():
+    grid = load_grid()
+
+    def per(dataset, m):  # bigger batches: less time per member (as records show)
+        return 100.0 if m < 5 else 50.0
+
+    # 300 s: 6 x 50 fits, 7 x 50 does not; with the lone-run estimate only 3 would have fitted
+    queue = [batch("A", 10)]
+    started = grid.take(queue, [], 300.0, per, workers=4, members=40)
+    assert [len(g) for g in started] == [6] and [len(g) for g in queue] == [4]
