@@ -551,15 +551,29 @@ def cite_role(key: str) -> str:
     return f"{{cite}}`{key}`" if key else ""
 
 
-def verdict(mean: float, std: float, published: float, k: float = 2.0, tol: float = 0.005) -> str:
+MIN_SEEDS = 3  # fewer seeds than this: no verdict (one run's std says nothing about the spread)
+
+
+def verdict(
+    mean: float,
+    std: float,
+    published: float,
+    k: float = 2.0,
+    tol: float = 0.005,
+    n: int | None = None,
+    min_n: int = MIN_SEEDS,
+) -> str:
     """Verdict "match", "exceed" or "fall short" against a published value.
 
     Rule: match when |published − mean| ≤ k·std + tol (``tol`` covers the published rounding
-    to three decimals; with one run the std is taken as 0); otherwise exceed when the mean is
-    above the published value, fall short when below. "not tested" when either is missing.
+    to three decimals; a missing std counts as 0); otherwise exceed when the mean is above the
+    published value, fall short when below. "not tested" when either is missing; "too few
+    seeds" when ``n`` (the number of seeds behind the mean) is below ``min_n``.
     """
     if published is None or mean is None:
         return "not tested"
+    if n is not None and n < min_n:
+        return "too few seeds"
     if not (math.isfinite(float(published)) and math.isfinite(float(mean))):
         return "not tested"
     s = float(std) if std is not None and math.isfinite(float(std)) else 0.0

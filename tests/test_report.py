@@ -68,6 +68,15 @@ def test_verdict_rule(mean, std, published, expected):
     assert report.verdict(mean, std, published) == expected
 
 
+def test_verdict_needs_enough_seeds():
+    # 0.980 from one seed against 0.992: no verdict; from 10 seeds with std 0.001: falls short
+    assert report.verdict(0.980, float("nan"), 0.992, n=1) == "too few seeds"
+    assert report.verdict(0.980, 0.004, 0.992, n=2) == "too few seeds"
+    assert report.verdict(0.980, 0.001, 0.992, n=10) == "fall short"
+    assert report.verdict(0.980, 0.001, 0.992, n=3) == "fall short"
+    assert report.verdict(0.980, 0.001, None, n=1) == "not tested"
+
+
 def test_fmt_mean_std_and_published_digits():
     assert report.fmt_mean_std(0.91234, 0.0101) == "0.912 ± 0.010"
     assert report.fmt_mean_std(0.91234, float("nan")) == "0.912"
