@@ -41,16 +41,17 @@ SMALL = ("BDGP", "Synthetic3d", "Prokaryotic")  # where the determinism twin is 
 DEFAULT_EXPERIMENTS = ["main", "convergence", "tsne", "views", "ablation", "temperature"]
 
 
-def work(dataset: str) -> int:
-    """Rough cost of a run (samples x views, from the registry): larger sets start first inside
-    each seed, so that long runs are not the last ones left."""
+def work(task: dict) -> int:
+    """Rough cost of a run (samples x views, from the registry, or the task's subset size):
+    larger sets start first inside each seed, so that long runs are not the last ones left."""
     from cmmc.data import get_spec
 
+    n = (task.get("data") or {}).get("n_samples")
     try:
-        spec = get_spec(dataset)
-    except ValueError:  # the generated "synthetic" set
-        return 0
-    return int(spec.get("N") or 0) * len(spec.get("dims") or [])
+        spec = get_spec(task["dataset"])
+    except ValueError:  # the generated "synthetic" set: its size is the task's
+        return int(n or 0) * 2
+    return int(n or spec.get("N") or 0) * len(spec.get("dims") or [])
 
 
 def ordered_tasks(experiments: list[str], device: str, results: Path, profile: str) -> list[dict]:
@@ -58,7 +59,7 @@ def ordered_tasks(experiments: list[str], device: str, results: Path, profile: s
     paper_rank = experiments.index("temperature") - 0.5 if "temperature" in experiments else 99
     for rank, exp in enumerate(experiments):
         for t in plan(exp, device=device, results_dir=results, profile=profile):
-            size = -work(t["dataset"])
+            size = -work(t)
             # the main table's paper forms: after the other experiments, before the temperature
             # grid (the sensitivity study matters less than the code-vs-paper comparison)
             late = exp == "main" and t["variant"] != "code"

@@ -118,3 +118,12 @@ def test_take_uses_the_estimate_of_the_batch_size_it_starts():
     queue = [batch("A", 10)]
     started = grid.take(queue, [], 300.0, per, workers=4, members=40)
     assert [len(g) for g in started] == [6] and [len(g) for g in queue] == [4]
+
+
+def test_scalability_runs_largest_first(tmp_path):
+    grid = load_grid()
+    tasks = grid.ordered_tasks(["scalability"], "cuda", tmp_path, "paper")
+    first = tasks[0]
+    assert first["dataset"] == "synthetic" and first["data"]["n_samples"] == 100_000
+    sizes = [grid.work(t) for t in tasks]
+    assert sizes == sorted(sizes, reverse=True)  # samples x views, the generated set included
