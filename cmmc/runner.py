@@ -156,12 +156,34 @@ def record_path(results_dir: str | Path, task: dict[str, Any]) -> Path:
     )
 
 
+def dumps_record(obj: Any) -> str:
+    """JSON text of a record: one top-level key per line, each value compact on its line, and a
+    list of objects (the per-epoch history) one object per line. Readable in a diff, and about
+    a quarter of the size of ``indent=1`` (records travel to the GPU machine with the tree)."""
+    if not isinstance(obj, dict):
+        return json.dumps(obj, indent=1, default=_jsonable) + "\n"
+
+    def compact(v: Any) -> str:
+        return json.dumps(v, separators=(",", ":"), default=_jsonable)
+
+    lines = []
+    for key, value in obj.items():
+        if isinstance(value, list) and value and all(isinstance(x, dict) for x in value):
+            text = "[\n  " + ",\n  ".join(compact(x) for x in value) + "\n ]"
+        else:
+            text = compact(value)
+        lines.append(f" {compact(str(key))}: {text}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temp file in the same folder, fsync, then rename over the target."""
+    """Write JSON (:func:`dumps_record`) to a temp file in the same folder, fsync, then rename
+    over the target: a reader never sees half a record."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    text = dumps_record(obj)  # fails (unserialisable value) before the file is opened
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=_jsonable)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -269,3 +269,24 @@ def test_verify_command_on_a_baseline_record(tmp_path, capsys):
     forged = tmp_path / "forged.json"
     forged.write_text(json.dumps(rec))
     assert main(["verify", str(forged), "--scratch", str(tmp_path / "s2")]) == 1
+
+
+def test_record_text_round_trips_and_keeps_one_epoch_per_line():
+    import numpy as np
+
+    history = [{"epoch": i, "phase": "pretrain", "loss": 1.0 / (i + 1)} for i in range(1, 4)]
+    rec = {
+        "key": "abc",
+        "metrics": {"ACC": np.float64(0.5), "NMI": 0.25},
+        "history": history,
+        "dims": np.array([3, 4]),
+        "members": [],
+        "note": 'a "quoted" \u00e9 text',
+        "nested": {"a": [1, 2, {"b": None}]},
+    }
+    text = runner.dumps_record(rec)
+    # independent: what the standard library makes of the same object
+    assert json.loads(text) == json.loads(json.dumps(rec, default=runner._jsonable))
+    lines = text.splitlines()
+    assert sum(line.strip().startswith('{"epoch":') for line in lines) == 3
+    assert len(lines) == len(rec) + 2 + len(history) + 1  # braces, the rows and their "]"
