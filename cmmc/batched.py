@@ -116,7 +116,9 @@ class BatchedTrainer:
         seeds: list[int],
         y: np.ndarray | None = None,
         progress: bool = True,
+        share_pretraining: bool = True,
     ) -> None:
+        self.share_pretraining = share_pretraining
         self.nets, self.gens, self.xs, self.k = nets, generators, xs, n_clusters
         self.config, self.seeds, self.y, self.progress = configs[0], seeds, y, progress
         self.device = xs[0].device
@@ -244,12 +246,52 @@ class BatchedTrainer:
         self._step(loss.sum())
         return [{"finetune": v} for v in loss.detach().cpu().tolist()]
 
+    def _pretrain(self) -> None:
+        """Phase 1. Members with the same seed start from the same weights and shuffles, and
+        pre-training does not depend on the temperatures, so (``share_pretraining``) it runs
+        once per distinct seed and its end state (weights, Adam state, generator, history) is
+        copied to the members that share it: a temperature grid pre-trains once, not per cell."""
+        epochs = self.config.pretrain_epochs
+        first = {s: i for i, s in reversed(list(enumerate(self.seeds)))}  # seed -> first member
+        reps = sorted(first.values())
+        if not self.share_pretraining or len(reps) == len(self.seeds) or epochs == 0:
+            self._run_phase(
+                "pretrain", epochs, lambda: self._minibatch_epoch(self._pretrain_member)
+            )
+            return
+        owner = [reps.index(first[s]) for s in self.seeds]  # each member's representative
+        gens, seeds, histories = self.gens, self.seeds, self.histories
+        self.gens, self.seeds = [gens[i] for i in reps], [seeds[i] for i in reps]
+        self.histories = [[] for _ in reps]
+        self._set_params({n: p.detach()[reps] for n, p in self.params.items()})
+        self._run_phase("pretrain", epochs, lambda: self._minibatch_epoch(self._pretrain_member))
+        small, small_opt = self.params, self.opt
+        self._set_params({n: p.detach()[owner] for n, p in small.items()})
+        for name, p in self.params.items():  # Adam moments follow their member; step is shared
+            st = small_opt.state.get(small[name])
+            if not st:  # the heads get no gradient in pre-training, hence no Adam state yet
+                continue
+            self.opt.state[p] = {
+                "step": st["step"].clone(),
+                "exp_avg": st["exp_avg"][owner].clone(),
+                "exp_avg_sq": st["exp_avg_sq"][owner].clone(),
+            }
+        for i, g in enumerate(gens):  # each member's shuffles continue from its representative's
+            g.set_state(self.gens[owner[i]].get_state())
+        self.histories = [
+            old + [dict(row) for row in self.histories[owner[i]]] for i, old in enumerate(histories)
+        ]
+        self.gens, self.seeds = gens, seeds
+
+    def _set_params(self, stacked: dict[str, torch.Tensor]) -> None:
+        """New stacked leaf weights and a fresh Adam over them."""
+        self.params = {n: p.clone().requires_grad_(True) for n, p in stacked.items()}
+        self.opt = torch.optim.Adam(list(self.params.values()), lr=self.config.lr)
+
     def fit(self) -> BatchedTrainer:
         """Run all phases (those with zero epochs are skipped), then write back the weights."""
         cfg = self.config
-        self._run_phase(
-            "pretrain", cfg.pretrain_epochs, lambda: self._minibatch_epoch(self._pretrain_member)
-        )
+        self._pretrain()
         if cfg.losses:
             self._run_phase(
                 "contrastive",
@@ -283,10 +325,12 @@ def fit_batched(
     configs: Sequence[Config],
     device: str = "cpu",
     progress: bool = True,
+    share_pretraining: bool = True,
 ) -> list[CMMC]:
     """Train one member per (seed, config) at once; returns fitted :class:`CMMC` estimators.
 
-    The configs may differ only in ``tau_f``/``tau_l``. Each returned estimator carries
+    The configs may differ only in ``tau_f``/``tau_l``. ``share_pretraining``: members with
+    the same seed pre-train once (:meth:`BatchedTrainer._pretrain`). Each returned estimator carries
     ``labels_``, ``history_`` (epoch ``seconds`` are the whole batch's), ``phase_seconds_``
     (the batch's), ``pseudo_labels_`` and ``network_``, as after :meth:`CMMC.fit`.
     """
@@ -307,7 +351,9 @@ def fit_batched(
         gens.append(_member_generator(seed, dev))
     nets = [net.to(dev) for net in nets]
     xs = [torch.from_numpy(v).to(dev) for v in views]
-    trainer = BatchedTrainer(nets, gens, xs, k, configs, seeds, labels, progress).fit()
+    trainer = BatchedTrainer(
+        nets, gens, xs, k, configs, seeds, labels, progress, share_pretraining
+    ).fit()
     final = trainer.read_out()
     models = []
     for i, (seed, cfg) in enumerate(zip(seeds, configs, strict=True)):

@@ -483,10 +483,13 @@ def batches(tasks: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]
     return out
 
 
-def run_batch(tasks: list[dict[str, Any]], threads: int | None = None) -> list[dict[str, Any]]:
+def run_batch(
+    tasks: list[dict[str, Any]], threads: int | None = None, share_pretraining: bool = True
+) -> list[dict[str, Any]]:
     """Train the tasks of one batch at once (:func:`cmmc.batched.fit_batched`); one record each.
 
-    Every record names the batch's members: rerunning the same batch gives the same metrics.
+    Every record names the batch's members and whether members with the same seed shared
+    their pre-training: rerunning the same batch that way gives the same metrics.
     """
 
     from cmmc.batched import fit_batched, map_threads
@@ -504,7 +507,9 @@ def run_batch(tasks: list[dict[str, Any]], threads: int | None = None) -> list[d
     ds = _load(todo[0])
     seeds = [t["seed"] for t in todo]
     configs = [Config(**t["config"]) for t in todo]
-    models = fit_batched(ds.views, ds.labels, ds.n_clusters, seeds, configs, str(device), False)
+    models = fit_batched(
+        ds.views, ds.labels, ds.n_clusters, seeds, configs, str(device), False, share_pretraining
+    )
     members = [
         {"seed": t["seed"], "tau_f": c.tau_f, "tau_l": c.tau_l, "key": t["key"]}
         for t, c in zip(todo, configs, strict=True)
@@ -514,7 +519,11 @@ def run_batch(tasks: list[dict[str, Any]], threads: int | None = None) -> list[d
     records = []
     for t, body in zip(todo, bodies, strict=True):
         body["pretrain_from_cache"] = False
-        body["batch"] = {"size": len(todo), "members": members}
+        body["batch"] = {
+            "size": len(todo),
+            "members": members,
+            "shared_pretraining": share_pretraining,
+        }
         record = _assemble(t, device, ds, body, seconds, started)
         write_json_atomic(Path(t["path"]), record)
         records.append(record)
@@ -583,7 +592,9 @@ def verify_record(
             task["device"] = device
         task["path"] = str(record_path(scratch, task))
         tasks.append(task)
-    out = run_batch(tasks, threads) if len(tasks) > 1 else [run_task(tasks[0], threads)]
+    # records from before shared pre-training existed do not say so: they did not share
+    share = bool((rec.get("batch") or {}).get("shared_pretraining", False))
+    out = run_batch(tasks, threads, share) if len(tasks) > 1 else [run_task(tasks[0], threads)]
     new = next(r for r in out if r["key"] == rec["key"])
     had, got = _outcome(rec), _outcome(new)
     return {

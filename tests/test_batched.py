@@ -35,6 +35,31 @@ def test_members_follow_their_separate_runs():
         assert m.random_state == seed and m.config_ == c
 
 
+def test_members_with_one_seed_share_pretraining_and_still_follow_their_runs():
+    """A temperature grid: members 0 and 1 share seed 0, so pre-training runs once for them;
+    every member must still match its separate run, and the shared pre-training must give
+    both exactly the same pre-training history."""
+    views, y = make_multiview_blobs(200, 4, 2, seed=5)
+    cfg = small_config()
+    configs = [cfg, cfg.replace(tau_f=0.3, tau_l=0.7), cfg]
+    seeds = [0, 0, 1]
+    members = fit_batched(views, y, 4, seeds, configs, progress=False)
+    for seed, c, m in zip(seeds, configs, members, strict=True):
+        ref = CMMC(4, random_state=seed, config=c, progress=False).fit(views, y)
+        assert [r["phase"] for r in m.history_] == [r["phase"] for r in ref.history_]
+        for a, b in zip(ref.history_, m.history_, strict=True):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
+        for p, q in zip(ref.pseudo_labels_, m.pseudo_labels_, strict=True):
+            np.testing.assert_array_equal(p, q)
+        np.testing.assert_array_equal(ref.labels_, m.labels_)
+    pre = [[r for r in m.history_ if r["phase"] == "pretrain"] for m in members]
+    assert pre[0] == pre[1] and pre[0] != pre[2]
+    # the same batch without sharing: the same labels (only float rounding may differ)
+    apart = fit_batched(views, y, 4, seeds, configs, progress=False, share_pretraining=False)
+    for a, b in zip(members, apart, strict=True):
+        np.testing.assert_array_equal(a.labels_, b.labels_)
+
+
 def test_members_must_share_everything_but_seed_and_temperatures():
     views, y = make_multiview_blobs(100, 3, 2, seed=0)
     cfg = small_config()

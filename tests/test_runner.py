@@ -290,3 +290,26 @@ def test_record_text_round_trips_and_keeps_one_epoch_per_line():
     lines = text.splitlines()
     assert sum(line.strip().startswith('{"epoch":') for line in lines) == 3
     assert len(lines) == len(rec) + 2 + len(history) + 1  # braces, the rows and their "]"
+
+
+@needs_data
+def test_verify_reruns_a_batch_the_way_it_shared_pretraining(tmp_path):
+    cells = runner.plan(
+        "temperature", datasets=["Synthetic3d"], seeds=[0], profile="quick", results_dir=tmp_path
+    )[:2]  # two temperature cells of seed 0: one pre-training between them
+    recs = runner.run_batch(cells)
+    assert [r["batch"]["shared_pretraining"] for r in recs] == [True, True]
+    pre = [[h for h in r["history"] if h["phase"] == "pretrain"] for r in recs]
+    assert pre[0] == pre[1]  # computed once, copied to both
+    verdict = runner.verify_record(cells[1]["path"], tmp_path / "scratch")
+    assert verdict["same"] and verdict["batch_seeds"] == [0, 0]
+    rerun = json.loads(Path(verdict["rerun"]).read_text())
+    assert rerun["batch"]["shared_pretraining"] is True
+    # a record from before the option existed (no flag) is recomputed without sharing
+    old = json.loads(Path(cells[1]["path"]).read_text())
+    del old["batch"]["shared_pretraining"]
+    legacy = tmp_path / "legacy" / Path(cells[1]["path"]).name
+    legacy.parent.mkdir()
+    legacy.write_text(json.dumps(old))
+    verdict = runner.verify_record(legacy, tmp_path / "scratch2")
+    assert json.loads(Path(verdict["rerun"]).read_text())["batch"]["shared_pretraining"] is False
