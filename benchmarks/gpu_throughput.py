@@ -10,13 +10,14 @@ end of a call (a batch still running) is not counted, so this is the rate that b
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from speed import epoch_gflop  # noqa: E402
+
+from cmmc.runner import load_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,11 +45,11 @@ def record_tflop(r: dict) -> float:
 
 
 def main() -> None:
-    records = []
-    for p in (ROOT / "results").rglob("seed*-*.json"):
-        r = json.loads(p.read_text())
-        if str(r.get("device", "")).startswith("cuda") and r.get("kind") != "baselines":
-            records.append(r)
+    records = [
+        r
+        for r in load_records(ROOT / "results")
+        if str(r.get("device", "")).startswith("cuda") and r.get("kind") != "baselines"
+    ]
     print(f"{'call':<32} {'s':>5} {'busy%':>6} {'runs':>5} {'TFLOP':>7} {'TFLOP/s':>8}")
     for util in sorted((ROOT / "results" / "logs").glob("*-gpu_util.csv")):
         start, end, busy = call_window(util)

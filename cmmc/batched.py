@@ -126,11 +126,12 @@ class BatchedTrainer:
         self.batch = min(self.config.batch_size, self.n)
         self.template = nets[0]
         member_params = [dict(net.named_parameters()) for net in nets]
-        self.params = {
-            name: torch.stack([p[name].detach() for p in member_params]).requires_grad_(True)
-            for name in member_params[0]
-        }
-        self.opt = torch.optim.Adam(list(self.params.values()), lr=self.config.lr)
+        self._set_params(
+            {
+                name: torch.stack([p[name].detach() for p in member_params])
+                for name in member_params[0]
+            }
+        )
         # Shared temperatures stay Python floats: exactly the single run's arithmetic.
         self.taus = [None, None]
         for i, name in enumerate(BATCHABLE):

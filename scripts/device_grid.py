@@ -34,7 +34,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
-from cmmc.runner import _worker_init, batches, plan, run_batch
+from cmmc.runner import _worker_init, batches, load_records, plan, run_batch
 
 # Priority: the main table's code default first, its paper forms just before the temperature grid.
 SMALL = ("BDGP", "Synthetic3d", "Prokaryotic")  # where the determinism twin is taken
@@ -101,10 +101,7 @@ def seconds_per_member(
     """
     shares: dict[str, dict[int, float]] = defaultdict(dict)
     kind = "cpu" if device == "cpu" else "cuda"
-    for p in results.rglob("seed*-*.json"):
-        if ".cache" in p.parts:
-            continue
-        r = json.loads(p.read_text())
+    for r in load_records(results):
         if not str(r.get("device", "")).startswith(kind) or r.get("kind") == "baselines":
             continue
         size = (r.get("batch") or {}).get("size", 1)

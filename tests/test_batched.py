@@ -15,14 +15,9 @@ def small_config(**kw):
     return make_config(None, "paper", batch_size=64, eval_every=1, **{**base, **kw})
 
 
-def test_members_follow_their_separate_runs():
-    """Each member (own seed, own temperatures) matches CMMC.fit with that seed and config:
-    the same pseudo labels and final labels, losses equal up to float summation order."""
-    views, y = make_multiview_blobs(200, 4, 2, seed=5)
-    cfg = small_config()
-    configs = [cfg, cfg.replace(tau_f=0.3, tau_l=0.7), cfg]
-    seeds = [0, 1, 2]
-    members = fit_batched(views, y, 4, seeds, configs, progress=False)
+def assert_follow_separate_runs(views, y, seeds, configs, members):
+    """Each member against CMMC.fit with its seed and config: same phases, pseudo labels and
+    final labels; losses equal up to float summation order."""
     for seed, c, m in zip(seeds, configs, members, strict=True):
         ref = CMMC(4, random_state=seed, config=c, progress=False).fit(views, y)
         assert [r["phase"] for r in m.history_] == [r["phase"] for r in ref.history_]
@@ -35,6 +30,17 @@ def test_members_follow_their_separate_runs():
         assert m.random_state == seed and m.config_ == c
 
 
+def test_members_follow_their_separate_runs():
+    """Each member (own seed, own temperatures) matches CMMC.fit with that seed and config:
+    the same pseudo labels and final labels, losses equal up to float summation order."""
+    views, y = make_multiview_blobs(200, 4, 2, seed=5)
+    cfg = small_config()
+    configs = [cfg, cfg.replace(tau_f=0.3, tau_l=0.7), cfg]
+    seeds = [0, 1, 2]
+    members = fit_batched(views, y, 4, seeds, configs, progress=False)
+    assert_follow_separate_runs(views, y, seeds, configs, members)
+
+
 def test_members_with_one_seed_share_pretraining_and_still_follow_their_runs():
     """A temperature grid: members 0 and 1 share seed 0, so pre-training runs once for them;
     every member must still match its separate run, and the shared pre-training must give
@@ -44,14 +50,7 @@ def test_members_with_one_seed_share_pretraining_and_still_follow_their_runs():
     configs = [cfg, cfg.replace(tau_f=0.3, tau_l=0.7), cfg]
     seeds = [0, 0, 1]
     members = fit_batched(views, y, 4, seeds, configs, progress=False)
-    for seed, c, m in zip(seeds, configs, members, strict=True):
-        ref = CMMC(4, random_state=seed, config=c, progress=False).fit(views, y)
-        assert [r["phase"] for r in m.history_] == [r["phase"] for r in ref.history_]
-        for a, b in zip(ref.history_, m.history_, strict=True):
-            assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
-        for p, q in zip(ref.pseudo_labels_, m.pseudo_labels_, strict=True):
-            np.testing.assert_array_equal(p, q)
-        np.testing.assert_array_equal(ref.labels_, m.labels_)
+    assert_follow_separate_runs(views, y, seeds, configs, members)
     pre = [[r for r in m.history_ if r["phase"] == "pretrain"] for m in members]
     assert pre[0] == pre[1] and pre[0] != pre[2]
     # the same batch without sharing: the same labels (only float rounding may differ)
