@@ -34,7 +34,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
-from cmmc.runner import _worker_init, batches, load_records, plan, run_batch
+from cmmc.runner import _worker_init, batches, load_records, plan, run_batch, run_key
 
 # Priority: the main table's code default first, its paper forms just before the temperature grid.
 SMALL = ("BDGP", "Synthetic3d", "Prokaryotic")  # where the determinism twin is taken
@@ -67,6 +67,26 @@ def ordered_tasks(experiments: list[str], device: str, results: Path, profile: s
     return [t for _, t in sorted(tasks, key=lambda x: x[0])]
 
 
+def without_records(tasks: list[dict], results: Path) -> list[dict]:
+    """The tasks with no record yet. A run recorded on another device (say the CPU) counts as
+    done: same data, configuration and seed, so it is the same experiment up to float rounding,
+    and the GPU's time goes to runs nobody has. Scalability runs measure their device, so only a
+    record from the same device counts for them."""
+    keys = set()
+    devices = set()
+    for r in load_records(results):
+        keys.add(r.get("key"))
+        devices.add(str(r.get("device")))
+    todo = []
+    for t in tasks:
+        if Path(t["path"]).exists():
+            continue
+        if t["kind"] != "scalability" and any(run_key(dict(t, device=d)) in keys for d in devices):
+            continue
+        todo.append(t)
+    return todo
+
+
 def readable(names: set[str]) -> set[str]:
     """The datasets whose files are all present and verified (the others are reported, skipped):
     a missing file must cost one line here, not a failed run per seed on the device."""
@@ -97,7 +117,9 @@ def seconds_per_member(
     members / load) is its member's share of GPU time. A member's share shrinks as its batch
     grows, so a batch of ``m`` is estimated from the records of the largest batch size up to
     ``m`` (the slowest of them; from the smallest size when none is that small), x ``workers``
-    x 1.25. A data set without records: ``unknown`` seconds per member.
+    x 1.25. When the data set has no record of a size between that one and ``m``, the gain of
+    the larger batch is borrowed from the other data sets (:func:`batching_gain`). A data set
+    without records: ``unknown`` seconds per member.
     """
     shares: dict[str, dict[int, float]] = defaultdict(dict)
     kind = "cpu" if device == "cpu" else "cuda"
@@ -116,9 +138,32 @@ def seconds_per_member(
             return unknown
         fitting = [s for s in by_size if s <= m]
         size = max(fitting) if fitting else min(by_size)
-        return 1.25 * by_size[size] * workers
+        others = {d: v for d, v in shares.items() if d != dataset}
+        gain = batching_gain(others, by_size[size], size, m)
+        return 1.25 * by_size[size] * gain * workers
 
     return estimate
+
+
+def batching_gain(shares: dict[str, dict[int, float]], share: float, a: int, b: int) -> float:
+    """How much a member's share of GPU time shrinks from a batch of ``a`` to one of ``b``, as
+    comparable data sets recorded it (their share at size ``a`` within 4x of ``share``: small
+    sets gain far more from batching than big ones). Per data set, the share at its largest
+    size up to ``b`` over the share at its largest size up to ``a``, where the two sizes differ;
+    the upper quartile of these ratios (pessimistic), never above 1; 1 when none qualifies."""
+    ratios = []
+    for by_size in shares.values():
+        lo = [s for s in by_size if s <= a]
+        hi = [s for s in by_size if s <= b]
+        if not lo or max(hi) == max(lo):
+            continue
+        base = by_size[max(lo)]
+        if share / 4 <= base <= share * 4:
+            ratios.append(by_size[max(hi)] / base)
+    if not ratios:
+        return 1.0
+    ratios.sort()
+    return min(1.0, ratios[(3 * len(ratios)) // 4] if len(ratios) >= 4 else ratios[-1])
 
 
 def take(
@@ -208,7 +253,7 @@ def main() -> None:
     results, out = Path(args.results), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tasks = ordered_tasks(args.experiments, args.device, results, args.profile)
-    todo = [t for t in tasks if not Path(t["path"]).exists()]
+    todo = without_records(tasks, results)
     ok = readable({t["dataset"] for t in todo})
     todo = [t for t in todo if t["dataset"] in ok]
     todo = todo[: args.limit]

@@ -66,13 +66,65 @@ def test_seconds_per_member_scales_with_the_load(tmp_path):
     est = grid.seconds_per_member(r, "cuda", unknown=150, workers=4)
     # A: a lone run's share 120 / 12 = 10 s; a batch of 5: 200 / 5 / 8 = 5 s each
     assert est("A", 1) == pytest.approx(1.25 * 4 * 10)
-    assert est("A", 4) == pytest.approx(1.25 * 4 * 10)  # no batch of 2-4 recorded: the lone run
+    # no batch of 2-4 of A recorded: its lone run, times the gain E recorded from 1 to 3
+    # (E's lone share 40 s is within 4x of A's 10 s): 20 / 40
+    assert est("A", 4) == pytest.approx(1.25 * 4 * 10 * 0.5)
+    # a recorded size needs no borrowing; E has no size above 3 to borrow from
     assert est("A", 5) == pytest.approx(1.25 * 4 * 5) == est("A", 10)
     # E: shares 40 (lone), 25 (pair), 20 (triple): the largest recorded size up to m
     assert est("E", 1) == pytest.approx(1.25 * 4 * 320 / 8)
     assert est("E", 2) == pytest.approx(1.25 * 4 * 400 / 2 / 8)
-    assert est("E", 9) == pytest.approx(1.25 * 4 * 480 / 3 / 8)
+    # E's batch of 9 from its triple, times A's gain from 1 to 5 (10 -> 5 s); A's lone share
+    # (10 s) is within 4x of E's triple (20 s)
+    assert est("E", 9) == pytest.approx(1.25 * 4 * 480 / 3 / 8 * 0.5)
     assert est("C", 1) == 150 and est("D", 3) == 150  # other device / baselines: unknown
+
+
+def test_batching_gain_borrows_from_comparable_sets_only():
+    grid = load_grid()
+    shares = {
+        "big1": {1: 40.0, 5: 32.0},  # 0.8
+        "big2": {1: 30.0, 3: 18.0},  # 0.6
+        "big3": {1: 20.0, 4: 14.0},  # 0.7
+        "big4": {1: 50.0, 2: 45.0},  # 0.9
+        "big5": {1: 60.0, 5: 30.0},  # 0.5
+        "tiny": {1: 2.0, 10: 0.2},  # 0.1, but 2 s is not within 4x of 40 s: ignored
+        "only": {1: 35.0},  # no larger size: ignored
+    }
+    # five ratios 0.5 0.6 0.7 0.8 0.9: the upper quartile is the 4th smallest (index 15 // 4 = 3)
+    assert grid.batching_gain(shares, 40.0, 1, 10) == pytest.approx(0.8)
+    # up to 3 only big2 (3) and big4 (2) qualify: fewer than 4 ratios, so the largest
+    assert grid.batching_gain(shares, 40.0, 1, 3) == pytest.approx(0.9)
+    # around 2 s only "tiny" is comparable
+    assert grid.batching_gain(shares, 2.0, 1, 10) == pytest.approx(0.1)
+    # nothing recorded between the sizes, or a gain above 1: no gain
+    assert grid.batching_gain(shares, 40.0, 5, 9) == 1.0
+    assert grid.batching_gain({"x": {1: 10.0, 5: 12.0}}, 10.0, 1, 5) == 1.0
+
+
+def test_a_run_recorded_on_another_device_is_done(tmp_path):
+    from cmmc.runner import run_key
+
+    grid = load_grid()
+    r = tmp_path / "results"
+    main = grid.ordered_tasks(["main"], "cuda", r, "paper")
+    scal = grid.ordered_tasks(["scalability"], "cuda", r, "paper")
+    on_cpu, changed, scal_cpu, on_gpu = main[0], main[1], scal[0], main[2]
+    # the same run on the CPU: a record with the CPU's key, in the CPU's file
+    write(r / "cpu_a.json", key=run_key(dict(on_cpu, device="cpu")), device="cpu")
+    # another configuration on the CPU does not count
+    other = dict(changed, config=dict(changed["config"], lr=1.0), device="cpu")
+    write(r / "cpu_b.json", key=run_key(other), device="cpu")
+    # a scalability run measures its device: the CPU's record does not count for the GPU
+    write(r / "cpu_c.json", key=run_key(dict(scal_cpu, device="cpu")), device="cpu")
+    write(Path(on_gpu["path"]), key=on_gpu["key"], device="cuda")
+    for p in ("cpu_a.json", "cpu_b.json", "cpu_c.json"):  # where load_records looks
+        (r / p).rename(r / f"seed0-{p}")
+    todo = grid.without_records(main + scal, r)
+    paths = {t["path"] for t in todo}
+    assert on_cpu["path"] not in paths and on_gpu["path"] not in paths
+    assert changed["path"] in paths and scal_cpu["path"] in paths
+    assert len(todo) == len(main) + len(scal) - 2
 
 
 def batch(dataset: str, n: int) -> list[dict]:
