@@ -31,6 +31,8 @@ METRICS: tuple[str, ...] = tuple(METRIC_KEYS)
 _ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED_PATH = _ROOT / "data" / "published.toml"
 # Identity of one run, whatever its key: later records of the same identity replace earlier ones.
+# The device is part of it only where the device is what is measured (scalability); elsewhere
+# the same run recorded on the CPU and on a GPU is one run, counted once.
 IDENTITY = ("experiment", "dataset", "variant", "seed", "profile", "n_samples", "device")
 
 
@@ -65,13 +67,16 @@ def use_data_dir(data_dir: str | Path | None) -> str | None:
 # Records
 # --------------------------------------------------------------------------------------------
 def _ident(rec: Mapping[str, Any]) -> tuple:
-    return tuple(str(rec.get(k)) for k in IDENTITY)
+    keys = IDENTITY if rec.get("kind") == "scalability" else IDENTITY[:-1]
+    return tuple(str(rec.get(k)) for k in keys)
 
 
 def dedupe(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One record per run identity (experiment, dataset, variant, seed, profile, N, device).
+    """One record per run identity (experiment, dataset, variant, seed, profile, N; and the
+    device for scalability runs, which measure it).
 
-    A run recorded twice (e.g. before and after a configuration change) keeps its latest record.
+    A run recorded twice (before and after a configuration change, or on two devices) keeps
+    its latest record, so tables never count one seed twice.
     """
     best: dict[tuple, dict[str, Any]] = {}
     for r in records:

@@ -9,6 +9,7 @@ share) or over a Dask distributed cluster; both produce the same records.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -197,6 +198,26 @@ def _jsonable(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+@functools.cache
+def _git_state() -> tuple[str, bool]:
+    """(commit, cmmc/ modified) of this process's code, taken once: at its first run, close to
+    when the code was imported. Asked again at the end of a long run, git would name whatever
+    was committed meanwhile, not the code that ran."""
+    root = _HERE.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "cmmc"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        return commit, bool(status.strip())
+    except OSError:
+        return "", False
+
+
 def environment() -> dict[str, Any]:
     """Library versions, git commit, host and CPU/GPU of this process."""
     import scipy
@@ -205,25 +226,12 @@ def environment() -> dict[str, Any]:
 
     import cmmc
 
-    root = _HERE.parent
     # A launcher that copied the tree to another machine says which commit it copied: the copy's
     # .git, if any, can be stale (the lent GPU machine's is from the start of the session).
     commit = os.environ.get("CMMC_GIT_COMMIT", "")
     dirty = os.environ.get("CMMC_GIT_DIRTY", "") == "1"
     if not commit:
-        try:
-            commit = subprocess.run(
-                ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True
-            ).stdout.strip()
-            dirty = bool(
-                subprocess.run(
-                    ["git", "-C", str(root), "status", "--porcelain", "--", "cmmc"],
-                    capture_output=True,
-                    text=True,
-                ).stdout.strip()
-            )
-        except OSError:
-            commit, dirty = "", False
+        commit, dirty = _git_state()
     cpu = platform.processor()
     try:
         for line in open("/proc/cpuinfo"):
@@ -250,6 +258,8 @@ def environment() -> dict[str, Any]:
         "concurrent_runs": int(os.environ["CMMC_CONCURRENT_RUNS"])
         if os.environ.get("CMMC_CONCURRENT_RUNS")
         else None,
+        # "mps": those processes ran their kernels side by side (CUDA MPS), not time-sliced
+        "gpu_sharing": os.environ.get("CMMC_GPU_SHARING") or None,
     }
 
 
@@ -400,6 +410,7 @@ def _start_run(device_name: str, threads: int | None):
 
     if threads:
         torch.set_num_threads(threads)
+    _git_state()  # the code that runs now, whatever is committed before the record is written
     device = resolve_device(device_name)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

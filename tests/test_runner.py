@@ -188,6 +188,23 @@ def test_environment_takes_the_commit_a_launcher_names(monkeypatch):
     assert runner.environment()["git_commit"] == head.strip()
 
 
+def test_environment_names_the_commit_of_the_start_of_the_run(monkeypatch):
+    # a long run's record is written after its end; the commit must be the one of its start
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    monkeypatch.delenv("CMMC_GIT_COMMIT", raising=False)
+    monkeypatch.setenv("CMMC_GPU_SHARING", "mps")
+    monkeypatch.setattr(runner, "_RUNS_IN_PROCESS", runner._RUNS_IN_PROCESS)  # restored after
+    runner._git_state.cache_clear()
+    runner._start_run("cpu", None)
+
+    def no_git(*args, **kwargs):  # what git says later must not matter
+        raise AssertionError("git asked again at the end of the run")
+
+    monkeypatch.setattr(runner.subprocess, "run", no_git)
+    env = runner.environment()
+    assert env["git_commit"] == head.strip() and env["gpu_sharing"] == "mps"
+
+
 @needs_data
 def test_run_batch_writes_one_record_per_member_and_reruns_identically(tmp_path):
     def two_seeds(results):  # full Synthetic3d (a subset's data would depend on the seed)
