@@ -72,11 +72,9 @@ def without_records(tasks: list[dict], results: Path) -> list[dict]:
     done: same data, configuration and seed, so it is the same experiment up to float rounding,
     and the GPU's time goes to runs nobody has. Scalability runs measure their device, so only a
     record from the same device counts for them."""
-    keys = set()
-    devices = set()
-    for r in load_records(results):
-        keys.add(r.get("key"))
-        devices.add(str(r.get("device")))
+    records = load_records(results)
+    keys = {r.get("key") for r in records}
+    devices = {str(r.get("device")) for r in records}
     todo = []
     for t in tasks:
         if Path(t["path"]).exists():

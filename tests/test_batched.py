@@ -30,27 +30,29 @@ def assert_follow_separate_runs(views, y, seeds, configs, members):
         assert m.random_state == seed and m.config_ == c
 
 
-def test_members_follow_their_separate_runs():
-    """Each member (own seed, own temperatures) matches CMMC.fit with that seed and config:
-    the same pseudo labels and final labels, losses equal up to float summation order."""
+def three_members_follow_their_runs(seeds: list[int]):
+    """Three members (the second with other temperatures) trained at once, each checked
+    against its separate run; returns the data, configs and members for further checks."""
     views, y = make_multiview_blobs(200, 4, 2, seed=5)
     cfg = small_config()
     configs = [cfg, cfg.replace(tau_f=0.3, tau_l=0.7), cfg]
-    seeds = [0, 1, 2]
     members = fit_batched(views, y, 4, seeds, configs, progress=False)
     assert_follow_separate_runs(views, y, seeds, configs, members)
+    return views, y, configs, members
+
+
+def test_members_follow_their_separate_runs():
+    """Each member (own seed, own temperatures) matches CMMC.fit with that seed and config:
+    the same pseudo labels and final labels, losses equal up to float summation order."""
+    three_members_follow_their_runs([0, 1, 2])
 
 
 def test_members_with_one_seed_share_pretraining_and_still_follow_their_runs():
     """A temperature grid: members 0 and 1 share seed 0, so pre-training runs once for them;
     every member must still match its separate run, and the shared pre-training must give
     both exactly the same pre-training history."""
-    views, y = make_multiview_blobs(200, 4, 2, seed=5)
-    cfg = small_config()
-    configs = [cfg, cfg.replace(tau_f=0.3, tau_l=0.7), cfg]
     seeds = [0, 0, 1]
-    members = fit_batched(views, y, 4, seeds, configs, progress=False)
-    assert_follow_separate_runs(views, y, seeds, configs, members)
+    views, y, configs, members = three_members_follow_their_runs(seeds)
     pre = [[r for r in m.history_ if r["phase"] == "pretrain"] for m in members]
     assert pre[0] == pre[1] and pre[0] != pre[2]
     # the same batch without sharing: the same labels (only float rounding may differ)
