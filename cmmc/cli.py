@@ -1,4 +1,4 @@
-"""Command line: ``cmmc datasets``, ``cmmc train``, ``cmmc reproduce``."""
+"""Command line: ``cmmc datasets``, ``cmmc train``, ``cmmc reproduce``, ``cmmc verify``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ import argparse
 import json
 import sys
 import time
+import tomllib
+from pathlib import Path
 from typing import Any
+
+
+def _experiment_names() -> list[str]:
+    # read the TOML directly: importing cmmc.runner would load torch just to print --help
+    with open(Path(__file__).parent / "experiments.toml", "rb") as f:
+        return list(tomllib.load(f))
 
 
 def _parse_value(text: str) -> Any:
@@ -90,9 +98,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         n_samples=args.n_samples,
     )
     if args.dry_run:
-        for t in tasks:
-            print(t["path"])
-        print(f"{len(tasks)} runs", file=sys.stderr)
+        done = [Path(t["path"]).exists() for t in tasks]
+        for t, d in zip(tasks, done, strict=True):
+            print("done" if d else "todo", t["path"])
+        print(f"{len(tasks)} runs: {sum(done)} recorded, {len(tasks) - sum(done)} to compute",
+              file=sys.stderr)  # fmt: skip
         return 0
     records = run_grid(
         tasks,
@@ -147,15 +157,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
 
     r = sub.add_parser("reproduce", help="run or resume an experiment grid (cmmc/experiments.toml)")
-    r.add_argument("experiment")
-    r.add_argument("--datasets", nargs="+")
-    r.add_argument("--variants", nargs="+")
+    r.add_argument("experiment", help="one of: " + ", ".join(_experiment_names()))
+    r.add_argument("--datasets", nargs="+", help="registry names (default: the experiment's)")
+    r.add_argument(
+        "--variants", nargs="+", help="configurations of the experiment (default: all of them)"
+    )
     r.add_argument("--seeds", type=int, help="use seeds 0..N-1")
-    r.add_argument("--seed-list", type=int, nargs="+")
-    r.add_argument("--profile", default="paper", choices=["paper", "quick"])
-    r.add_argument("--device", default="cpu")
-    r.add_argument("--workers", type=int, default=1)
-    r.add_argument("--engine", default="local", choices=["local", "dask"])
+    r.add_argument("--seed-list", type=int, nargs="+", help="use exactly these seeds")
+    r.add_argument(
+        "--profile",
+        default="paper",
+        choices=["paper", "quick"],
+        help="paper: full schedule on the whole data; quick: a short schedule on a subset",
+    )
+    r.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    r.add_argument(
+        "--workers", type=int, default=1, help="local worker processes (one per core on a CPU)"
+    )
+    r.add_argument(
+        "--engine",
+        default="local",
+        choices=["local", "dask"],
+        help="local process pool, or Dask distributed (same records)",
+    )
     r.add_argument("--scheduler", help="address of a running Dask scheduler (engine dask)")
     r.add_argument(
         "--batch",
@@ -164,9 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train up to this many seeds/temperatures of one configuration at once "
         "(stacked weights: worth it on a GPU; records name their batch)",
     )
-    r.add_argument("--results", default="results")
+    r.add_argument("--results", default="results", help="records directory (default: results)")
     r.add_argument("--n-samples", type=int, help="run on a seeded subset of this size")
-    r.add_argument("--dry-run", action="store_true")
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the planned records, done or to do; run nothing",
+    )
     r.set_defaults(fn=cmd_reproduce)
 
     v = sub.add_parser(

@@ -45,3 +45,19 @@ def test_errors_are_clear(capsys):
     assert "unknown config keys" in capsys.readouterr().err
     assert main(["train", "--dataset", "Caltech-5V"]) == 2
     assert "Caltech-5V.mat" in capsys.readouterr().err
+
+
+def test_dry_run_marks_recorded_runs_and_computes_nothing(tmp_path, capsys):
+    args = ["reproduce", "main", "--datasets", "Synthetic3d", "--variants", "code"]
+    args += ["--seed-list", "0", "1", "2", "--profile", "quick", "--results", str(tmp_path)]
+    assert main([*args, "--dry-run"]) == 0
+    paths = [line.split(" ", 1)[1] for line in capsys.readouterr().out.splitlines()]
+    assert len(paths) == 3 and len(set(paths)) == 3
+    # a record of seed 1 appears: only it is marked done, and the dry run writes nothing
+    Path(paths[1]).parent.mkdir(parents=True)
+    Path(paths[1]).write_text("{}")
+    assert main([*args, "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [f"todo {paths[0]}", f"done {paths[1]}", f"todo {paths[2]}"]
+    assert "3 runs: 1 recorded, 2 to compute" in captured.err
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [Path(paths[1]).name]
