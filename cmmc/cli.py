@@ -6,15 +6,8 @@ import argparse
 import json
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
-
-
-def _experiment_names() -> list[str]:
-    # read the TOML directly: importing cmmc.runner would load torch just to print --help
-    with open(Path(__file__).parent / "experiments.toml", "rb") as f:
-        return list(tomllib.load(f))
 
 
 def _parse_value(text: str) -> Any:
@@ -133,6 +126,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cmmc`` command."""
+    from cmmc.runner import experiments
+
     p = argparse.ArgumentParser(prog="cmmc", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -157,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
 
     r = sub.add_parser("reproduce", help="run or resume an experiment grid (cmmc/experiments.toml)")
-    r.add_argument("experiment", help="one of: " + ", ".join(_experiment_names()))
+    r.add_argument("experiment", help="one of: " + ", ".join(experiments()))
     r.add_argument("--datasets", nargs="+", help="registry names (default: the experiment's)")
     r.add_argument(
         "--variants", nargs="+", help="configurations of the experiment (default: all of them)"
