@@ -386,11 +386,16 @@ def summary_table(
     metrics: Sequence[str] = ("ACC", "NMI", "PUR", "ARI"),
     stats: Sequence[str] = ("mean ± std", "median", "best"),
     digits: int = 3,
+    devices: bool = False,
 ) -> pd.DataFrame:
-    """Display table of strings: per group, n and per metric the chosen statistics."""
+    """Display table of strings: per group, n and per metric the chosen statistics; with
+    ``devices``, which devices computed the group's runs (:func:`device_counts`)."""
     s = summarize(df, by, metrics)
     out = s[list(by)].copy()
     out["n"] = s["n"]
+    if devices:
+        groups = df.groupby(list(by), sort=False, dropna=False)["device"]
+        out["device"] = [device_counts(g) for _, g in groups]
     for m in metrics:
         for st in stats:
             if st == "mean ± std":
@@ -401,6 +406,15 @@ def summary_table(
             else:
                 out[f"{m} {st}"] = [fmt(v, digits) for v in s[f"{m}_{st}"]]
     return out
+
+
+def device_counts(devices: Iterable[str]) -> str:
+    """ "cuda" when one device computed every run, else the runs per device ("cpu 4, cuda 6"):
+    a group mixing devices mixes two streams of random numbers, both valid, not one."""
+    counts = pd.Series([str(d) for d in devices]).value_counts().sort_index()
+    if len(counts) == 1:
+        return str(counts.index[0])
+    return ", ".join(f"{d} {n}" for d, n in counts.items())
 
 
 def label_free_pick(

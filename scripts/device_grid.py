@@ -112,12 +112,15 @@ def seconds_per_member(
     Processes time-share the GPU, so a batch runs about ``load`` times slower than alone, where
     ``load`` is the number of batches in flight (a record's ``concurrent_runs``; the first GPU
     session's records lack it: 12 single runs shared the GPU). Per record, (batch time /
-    members / load) is its member's share of GPU time. A member's share shrinks as its batch
-    grows, so a batch of ``m`` is estimated from the records of the largest batch size up to
-    ``m`` (the slowest of them; from the smallest size when none is that small), x ``workers``
-    x 1.25. When the data set has no record of a size between that one and ``m``, the gain of
-    the larger batch is borrowed from the other data sets (:func:`batching_gain`). A data set
-    without records: ``unknown`` seconds per member.
+    members / load) is its member's share of GPU time, with ``load`` capped at ``workers``: a
+    large run among small ones got more than 1/load of the GPU, so a record made under a
+    heavier load than this call's predicts no less than its own wall time (uncapped, a Fashion
+    run recorded among 8 looked 8x cheaper, and session 7 lost two runs at the deadline so).
+    A member's share shrinks as its batch grows, so a batch of ``m`` is estimated from the
+    records of the largest batch size up to ``m`` (the slowest of them; from the smallest size
+    when none is that small), x ``workers`` x 1.25. When the data set has no record of a size
+    between that one and ``m``, the gain of the larger batch is borrowed from the other data
+    sets (:func:`batching_gain`). A data set without records: ``unknown`` seconds per member.
     """
     shares: dict[str, dict[int, float]] = defaultdict(dict)
     kind = "cpu" if device == "cpu" else "cuda"
@@ -126,7 +129,7 @@ def seconds_per_member(
             continue
         size = (r.get("batch") or {}).get("size", 1)
         load = (r.get("environment") or {}).get("concurrent_runs") or 12
-        per = float(r.get("total_seconds") or 0) / size / load
+        per = float(r.get("total_seconds") or 0) / size / min(load, workers)
         by_size = shares[r["dataset"]]
         by_size[size] = max(by_size.get(size, 0.0), per)
 
@@ -197,6 +200,29 @@ def take(
     return started
 
 
+def simulate(
+    queue: list[list[dict]],
+    per_member: Callable[[str, int], float],
+    deadline: float,
+    workers: int,
+    members: int,
+) -> list[tuple[float, float, list[dict]]]:
+    """The call as the estimates see it: (start, end, batch) of each batch that would start,
+    with :func:`take` deciding as the grid does and each batch lasting its estimate (m x the
+    per-member time); what is left in ``queue`` would not start. Planning, not timing: the
+    estimates are pessimistic."""
+    t, running, plan = 0.0, [], []
+    while True:
+        for g in take(queue, [g for _, g in running], deadline - t, per_member, workers, members):
+            end = t + len(g) * per_member(g[0]["dataset"], len(g))
+            running.append((end, g))
+            plan.append((t, end, g))
+        if not running:
+            return plan
+        running.sort(key=lambda x: x[0])
+        t = running.pop(0)[0]
+
+
 def pack(results: Path, out: Path) -> int:
     """Tar every record (not the caches) into out/results.tar.gz atomically; returns the count."""
     files = [p for p in results.rglob("seed*-*.json") if ".cache" not in p.parts]
@@ -245,11 +271,16 @@ def main() -> None:
     ap.add_argument("--out", default=os.environ.get("OUT", "device_out"))
     ap.add_argument("--pack-every", type=float, default=30)
     ap.add_argument("--limit", type=int, default=None, help="at most this many runs (tests)")
+    ap.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the batches the estimates would start and when, then exit (no GPU needed: "
+        "plan a call here before spending device time)",
+    )
     args = ap.parse_args()
 
     t0 = time.perf_counter()
     results, out = Path(args.results), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     tasks = ordered_tasks(args.experiments, args.device, results, args.profile)
     todo = without_records(tasks, results)
     ok = readable({t["dataset"] for t in todo})
@@ -261,6 +292,18 @@ def main() -> None:
     # every process on the GPU slows every batch: the twin and any --extra-load count too
     load = args.workers + args.extra_load + int(want_check)
     per_member = seconds_per_member(results, args.device, args.unknown, load)
+    if args.plan:
+        queue = list(groups)
+        for start, end, g in simulate(queue, per_member, args.deadline, args.workers, args.members):
+            t = g[0]
+            seeds = ",".join(str(m["seed"]) for m in g)
+            print(
+                f"{start:5.0f} -> {end:5.0f} s\t{t['experiment']}/{t['dataset']}/"
+                f"{t['variant']}/seeds{seeds}"
+            )
+        print(f"{sum(len(g) for g in queue)} run(s) would not start before the deadline")
+        return
+    out.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // (args.workers + 1))
     # The twin: the first batch of 2+ runs of a small set that the grid starts (exactly those
     # members: a batch's rounding may depend on its size) runs again in its own process.

@@ -63,21 +63,52 @@ def test_seconds_per_member_scales_with_the_load(tmp_path):
     rec("main/E/code/seed2-e.json", "E", 480, size=3, load=8)
     rec("main/C/code/seed0-f.json", "C", 9, device="cpu")
     rec("baselines/D/x/seed0-g.json", "D", 9, kind="baselines")
-    est = grid.seconds_per_member(r, "cuda", unknown=150, workers=4)
+    # 16 workers: no record was made under a heavier load, so every load counts in full
+    est = grid.seconds_per_member(r, "cuda", unknown=150, workers=16)
     # A: a lone run's share 120 / 12 = 10 s; a batch of 5: 200 / 5 / 8 = 5 s each
-    assert est("A", 1) == pytest.approx(1.25 * 4 * 10)
+    assert est("A", 1) == pytest.approx(1.25 * 16 * 10)
     # no batch of 2-4 of A recorded: its lone run, times the gain E recorded from 1 to 3
     # (E's lone share 40 s is within 4x of A's 10 s): 20 / 40
-    assert est("A", 4) == pytest.approx(1.25 * 4 * 10 * 0.5)
+    assert est("A", 4) == pytest.approx(1.25 * 16 * 10 * 0.5)
     # a recorded size needs no borrowing; E has no size above 3 to borrow from
-    assert est("A", 5) == pytest.approx(1.25 * 4 * 5) == est("A", 10)
+    assert est("A", 5) == pytest.approx(1.25 * 16 * 5) == est("A", 10)
     # E: shares 40 (lone), 25 (pair), 20 (triple): the largest recorded size up to m
-    assert est("E", 1) == pytest.approx(1.25 * 4 * 320 / 8)
-    assert est("E", 2) == pytest.approx(1.25 * 4 * 400 / 2 / 8)
+    assert est("E", 1) == pytest.approx(1.25 * 16 * 320 / 8)
+    assert est("E", 2) == pytest.approx(1.25 * 16 * 400 / 2 / 8)
     # E's batch of 9 from its triple, times A's gain from 1 to 5 (10 -> 5 s); A's lone share
     # (10 s) is within 4x of E's triple (20 s)
-    assert est("E", 9) == pytest.approx(1.25 * 4 * 480 / 3 / 8 * 0.5)
+    assert est("E", 9) == pytest.approx(1.25 * 16 * 480 / 3 / 8 * 0.5)
     assert est("C", 1) == 150 and est("D", 3) == 150  # other device / baselines: unknown
+
+
+def test_seconds_per_member_never_below_a_records_own_time_under_a_lighter_load(tmp_path):
+    grid = load_grid()
+    r = tmp_path / "results"
+    # a Fashion run recorded among 8 (435 s), the case that lost two runs in session 7
+    write(
+        r / "main/F/paper/seed0-a.json",
+        dataset="F",
+        kind="cmmc",
+        device="cuda",
+        total_seconds=435.0,
+        batch=None,
+        environment={"concurrent_runs": 8},
+    )
+    # a batch of 4 recorded alone (load 1): 100 s, 25 s a member
+    write(
+        r / "main/G/code/seed0-b.json",
+        dataset="G",
+        kind="cmmc",
+        device="cuda",
+        total_seconds=100.0,
+        batch={"size": 4},
+        environment={"concurrent_runs": 1},
+    )
+    est = grid.seconds_per_member(r, "cuda", unknown=150, workers=2)
+    # 2 batches in flight, fewer than the record's 8: its own 435 s (x 1.25), not 435 / 8 x 2
+    assert est("F", 1) == pytest.approx(1.25 * 435.0)
+    # a record made under a lighter load still scales up: 25 s alone, twice that beside another
+    assert est("G", 4) == pytest.approx(1.25 * 2 * 25.0)
 
 
 def test_batching_gain_borrows_from_comparable_sets_only():
@@ -179,3 +210,29 @@ def test_scalability_runs_largest_first(tmp_path):
     assert first["dataset"] == "synthetic" and first["data"]["n_samples"] == 100_000
     sizes = [grid.work(t) for t in tasks]
     assert sizes == sorted(sizes, reverse=True)  # samples x views, the generated set included
+
+
+def test_simulate_plays_the_call_by_hand():
+    grid = load_grid()
+    per = {"A": 10.0, "B": 100.0}  # seconds a member, whatever the batch size
+
+    def group(ds, m):
+        return [{"dataset": ds} for _ in range(m)]
+
+    def run(deadline):
+        queue = [group("A", 3), group("B", 2), group("A", 1)]
+        plan = grid.simulate(queue, lambda ds, m: per[ds], deadline, workers=2, members=40)
+        return [(s, e, g[0]["dataset"], len(g)) for s, e, g in plan], queue
+
+    # room for everything: A3 and B2 start at 0; A1 takes A3's worker when it ends at 30
+    assert run(250) == ([(0, 30, "A", 3), (0, 200, "B", 2), (30, 40, "A", 1)], [])
+    # 150 s: B2 (200 s) is cut to one member, its second starts when A3 ends, A1 at 100
+    assert run(150) == (
+        [(0, 30, "A", 3), (0, 100, "B", 1), (30, 130, "B", 1), (100, 110, "A", 1)],
+        [],
+    )
+    # 25 s: A3 is cut to two, the lone A runs beside them, A3's third member follows it at 10;
+    # B (100 s a member) never starts
+    plan, left = run(25)
+    assert plan == [(0, 20, "A", 2), (0, 10, "A", 1), (10, 20, "A", 1)]
+    assert [(g[0]["dataset"], len(g)) for g in left] == [("B", 2)]

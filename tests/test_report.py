@@ -31,6 +31,16 @@ def test_summarize_matches_statistics_module():
     assert np.isnan(out.loc["B", "ACC_std"])  # one run: no spread
 
 
+def test_summary_table_counts_the_devices_of_each_row():
+    df = frame([("A", "paper", s, 0.2, 1.0) for s in range(6)] + [("B", "code", 0, 0.9, 1.0)])
+    df["device"] = ["cpu"] * 4 + ["cuda"] * 2 + ["cuda"]
+    out = report.summary_table(df, metrics=("ACC",), stats=("mean ± std",), devices=True)
+    out = out.set_index("dataset")
+    assert out.loc["A", "device"] == "cpu 4, cuda 2"  # mixed: runs per device
+    assert out.loc["B", "device"] == "cuda"  # one device: its name alone
+    assert "device" not in report.summary_table(df, metrics=("ACC",)).columns  # opt-in
+
+
 def test_label_free_pick_takes_lowest_loss_not_best_acc():
     # The best ACC (seed 2) has the highest loss; the rule must pick seed 1 (lowest loss).
     df = frame([("A", "code", 0, 0.80, 5.0), ("A", "code", 1, 0.70, 4.0), ("A", "code", 2, 0.99, 9.0),
