@@ -409,8 +409,8 @@ def summary_table(
 
 
 def device_counts(devices: Iterable[str]) -> str:
-    """ "cuda" when one device computed every run, else the runs per device ("cpu 4, cuda 6"):
-    a group mixing devices mixes two streams of random numbers, both valid, not one."""
+    """The devices of a group's runs: the name when one device computed them all, else the runs
+    per device ("cpu 4, cuda 6"): such a group mixes two streams of random numbers."""
     counts = pd.Series([str(d) for d in devices]).value_counts().sort_index()
     if len(counts) == 1:
         return str(counts.index[0])
