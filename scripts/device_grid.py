@@ -223,6 +223,13 @@ def simulate(
         t = running.pop(0)[0]
 
 
+def batch_name(g: list[dict]) -> str:
+    """experiment/dataset/variant/seeds0,1,...: how the logs name a batch."""
+    t = g[0]
+    seeds = ",".join(str(m["seed"]) for m in g)
+    return f"{t['experiment']}/{t['dataset']}/{t['variant']}/seeds{seeds}"
+
+
 def pack(results: Path, out: Path) -> int:
     """Tar every record (not the caches) into out/results.tar.gz atomically; returns the count."""
     files = [p for p in results.rglob("seed*-*.json") if ".cache" not in p.parts]
@@ -295,12 +302,7 @@ def main() -> None:
     if args.plan:
         queue = list(groups)
         for start, end, g in simulate(queue, per_member, args.deadline, args.workers, args.members):
-            t = g[0]
-            seeds = ",".join(str(m["seed"]) for m in g)
-            print(
-                f"{start:5.0f} -> {end:5.0f} s\t{t['experiment']}/{t['dataset']}/"
-                f"{t['variant']}/seeds{seeds}"
-            )
+            print(f"{start:5.0f} -> {end:5.0f} s\t{batch_name(g)}")
         print(f"{sum(len(g) for g in queue)} run(s) would not start before the deadline")
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -336,10 +338,7 @@ def main() -> None:
                 break
             if room <= 0:  # out of time: what still runs is lost; stop before the call is killed
                 for g, _ in running.values():
-                    t = g[0]
-                    line = f"{elapsed:.0f}\t{t['experiment']}/{t['dataset']}/{t['variant']}/" + (
-                        f"seeds{','.join(str(m['seed']) for m in g)}\t-\tLOST at the deadline"
-                    )
+                    line = f"{elapsed:.0f}\t{batch_name(g)}\t-\tLOST at the deadline"
                     print(line, flush=True)
                     log.write(line + "\n")
                 for proc in list(pool._processes.values()):  # no public way to stop a worker
@@ -351,9 +350,7 @@ def main() -> None:
             finished, _ = wait(running, timeout=5, return_when=FIRST_COMPLETED)
             for fut in finished:
                 g, started = running.pop(fut)
-                t = g[0]
-                seeds = ",".join(str(m["seed"]) for m in g)
-                name = f"{t['experiment']}/{t['dataset']}/{t['variant']}/seeds{seeds}"
+                name = batch_name(g)
                 try:
                     recs = fut.result()
                     accs = [r.get("metrics", {}).get("ACC") for r in recs]
