@@ -251,6 +251,9 @@ def environment() -> dict[str, Any]:
         "git_dirty": dirty,
         "host": socket.gethostname(),
         "cpu": cpu,
+        # the vector unit torch's CPU kernels use (AVX2, AVX512, ...): "AMD EPYC" alone names
+        # machines whose float rounding, and speed, can differ
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

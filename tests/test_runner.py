@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -186,6 +187,22 @@ def test_environment_takes_the_commit_a_launcher_names(monkeypatch):
     monkeypatch.delenv("CMMC_GIT_DIRTY")
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     assert runner.environment()["git_commit"] == head.strip()
+
+
+def test_environment_names_the_cpu_vector_unit_the_kernels_use(monkeypatch):
+    # independent of torch: the x86 flags the kernel reports decide which kernels torch picks
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    if platform.machine() not in ("x86_64", "AMD64") or not Path("/proc/cpuinfo").exists():
+        pytest.skip("reads the x86 flags of /proc/cpuinfo")
+    line = next(x for x in open("/proc/cpuinfo") if x.startswith("flags"))
+    flags = set(line.split(":", 1)[1].split())
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"} <= flags:
+        expected = "AVX512"
+    elif {"avx2", "fma"} <= flags:
+        expected = "AVX2"
+    else:
+        expected = "DEFAULT"
+    assert runner.environment()["cpu_capability"] == expected
 
 
 def test_environment_names_the_commit_of_the_start_of_the_run(monkeypatch):
