@@ -567,7 +567,9 @@ def verify_record(
     rounding may differ from a lone run's. The new records go under ``scratch``. ``device``
     overrides the record's device (then only the metrics can be compared, not expected equal).
     Returns ``same`` (label hash and metrics equal; for baselines, every method's metrics),
-    ``same_labels`` (None where the record keeps no label hash) and both sets of metrics.
+    ``same_labels`` (None where the record keeps no label hash), both sets of metrics and
+    ``machine`` (:func:`machine_difference`: None when the rerun ran on the same kind of
+    processor and torch as the record, else what differs).
     """
     path = Path(path)
     if not path.is_file():
@@ -611,6 +613,7 @@ def verify_record(
     out = run_batch(tasks, threads, share) if len(tasks) > 1 else [run_task(tasks[0], threads)]
     new = next(r for r in out if r["key"] == rec["key"])
     had, got = _outcome(rec), _outcome(new)
+    machine = machine_difference(rec.get("environment", {}), new["environment"], new["device"])
     return {
         "record": str(path),
         "rerun": next(t["path"] for t in tasks if t["key"] == rec["key"]),
@@ -622,7 +625,32 @@ def verify_record(
         ),
         "metrics_record": had["metrics"],
         "metrics_rerun": got["metrics"],
+        "machine": machine,
     }
+
+
+_MACHINE_KEYS = {"cpu": ("cpu", "cpu_capability", "torch"), "cuda": ("gpu", "torch")}
+
+
+def machine_difference(recorded: dict[str, Any], here: dict[str, Any], device: str) -> str | None:
+    """Why a rerun may round differently from its record (None: same machine kind).
+
+    Float rounding depends on the processor's kernels: a CPU with another vector unit (AVX2 or
+    AVX-512), another GPU or another torch can change labels, so there a difference does not
+    point at the code. Records from before ``cpu_capability`` existed do not name theirs.
+    """
+    keys = _MACHINE_KEYS["cpu" if device == "cpu" else "cuda"]
+    missing = [k for k in keys if recorded.get(k) is None]
+    differ = [k for k in keys if k not in missing and recorded[k] != here.get(k)]
+    if differ:
+        return "; ".join(f"{k}: recorded {recorded[k]}, here {here.get(k)}" for k in differ)
+    if missing:
+        return (
+            "the record does not name its "
+            + ", ".join(missing)
+            + ("; here " + ", ".join(f"{k} {here.get(k)}" for k in missing))
+        )
+    return None
 
 
 def _outcome(rec: dict[str, Any]) -> dict[str, Any]:

@@ -262,6 +262,7 @@ def test_verify_recomputes_a_record_and_its_batch(tmp_path):
     verdict = runner.verify_record(second, tmp_path / "scratch")
     assert verdict["batch_seeds"] == [0, 1]  # recomputed with its whole batch
     assert verdict["same"] and verdict["same_labels"]
+    assert verdict["machine"] is None  # recomputed on the machine that made it
     assert Path(verdict["rerun"]).is_file()
     # a record whose labels do not come out of its configuration is caught
     rec = json.loads(second.read_text())
@@ -347,3 +348,23 @@ def test_verify_reruns_a_batch_the_way_it_shared_pretraining(tmp_path):
     legacy.write_text(json.dumps(old))
     verdict = runner.verify_record(legacy, tmp_path / "scratch2")
     assert json.loads(Path(verdict["rerun"]).read_text())["batch"]["shared_pretraining"] is False
+
+
+def test_machine_difference_names_what_changes_rounding():
+    avx2 = {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "torch": "2.13.0+cpu", "gpu": None}
+    avx512 = {**avx2, "cpu_capability": "AVX512"}
+    assert runner.machine_difference(avx2, dict(avx2), "cpu") is None
+    assert (
+        runner.machine_difference(avx2, avx512, "cpu")
+        == "cpu_capability: recorded AVX2, here AVX512"
+    )
+    old = {k: v for k, v in avx2.items() if k != "cpu_capability"}  # before the field existed
+    assert runner.machine_difference(old, avx512, "cpu") == (
+        "the record does not name its cpu_capability; here cpu_capability AVX512"
+    )
+    # on a GPU the CPU's vector unit does not matter, the GPU does
+    h100 = {**avx2, "gpu": "NVIDIA H100 80GB HBM3"}
+    assert runner.machine_difference(h100, {**h100, "cpu_capability": "AVX512"}, "cuda") is None
+    assert runner.machine_difference(h100, {**h100, "gpu": "NVIDIA H200"}, "cuda:0") == (
+        "gpu: recorded NVIDIA H100 80GB HBM3, here NVIDIA H200"
+    )
