@@ -613,7 +613,6 @@ def verify_record(
     out = run_batch(tasks, threads, share) if len(tasks) > 1 else [run_task(tasks[0], threads)]
     new = next(r for r in out if r["key"] == rec["key"])
     had, got = _outcome(rec), _outcome(new)
-    machine = machine_difference(rec.get("environment", {}), new["environment"], new["device"])
     return {
         "record": str(path),
         "rerun": next(t["path"] for t in tasks if t["key"] == rec["key"]),
@@ -625,7 +624,9 @@ def verify_record(
         ),
         "metrics_record": had["metrics"],
         "metrics_rerun": got["metrics"],
-        "machine": machine,
+        "machine": machine_difference(
+            rec.get("environment", {}), new["environment"], new["device"]
+        ),
     }
 
 
@@ -645,11 +646,8 @@ def machine_difference(recorded: dict[str, Any], here: dict[str, Any], device: s
     if differ:
         return "; ".join(f"{k}: recorded {recorded[k]}, here {here.get(k)}" for k in differ)
     if missing:
-        return (
-            "the record does not name its "
-            + ", ".join(missing)
-            + ("; here " + ", ".join(f"{k} {here.get(k)}" for k in missing))
-        )
+        here_too = ", ".join(f"{k} {here.get(k)}" for k in missing)
+        return f"the record does not name its {', '.join(missing)}; here {here_too}"
     return None
 
 
