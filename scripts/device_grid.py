@@ -103,11 +103,22 @@ def readable(names: set[str]) -> set[str]:
     return ok
 
 
+def workload(t: dict) -> tuple:
+    """What a run's time depends on besides its batch and the GPU's load: the data set, the
+    subset size and the schedule's epochs (a task and its record give the same tuple). A short
+    scalability run on a subset is not priced as the full schedule on the whole set: in session
+    13 four Fashion subset runs (6-13 s each) were estimated at a 435-s main run and never started.
+    """
+    c = t.get("config") or {}
+    epochs = tuple(c.get(k) for k in ("pretrain_epochs", "contrastive_epochs", "finetune_epochs"))
+    return (t["dataset"], (t.get("data") or {}).get("n_samples"), epochs)
+
+
 def seconds_per_member(
     results: Path, device: str, unknown: float, workers: int
-) -> Callable[[str, int], float]:
-    """``estimate(dataset, m)``: a pessimistic wall time of one member of a batch of ``m`` on
-    this device kind, in a call with ``workers`` batches in flight.
+) -> Callable[[dict, int], float]:
+    """``estimate(task, m)``: a pessimistic wall time of one member of a batch of ``m`` tasks of
+    ``task``'s :func:`workload` on this device kind, with ``workers`` batches in flight.
 
     Processes time-share the GPU, so a batch runs about ``load`` times slower than alone, where
     ``load`` is the number of batches in flight (a record's ``concurrent_runs``; the first GPU
@@ -118,11 +129,11 @@ def seconds_per_member(
     run recorded among 8 looked 8x cheaper, and session 7 lost two runs at the deadline so).
     A member's share shrinks as its batch grows, so a batch of ``m`` is estimated from the
     records of the largest batch size up to ``m`` (the slowest of them; from the smallest size
-    when none is that small), x ``workers`` x 1.25. When the data set has no record of a size
-    between that one and ``m``, the gain of the larger batch is borrowed from the other data
-    sets (:func:`batching_gain`). A data set without records: ``unknown`` seconds per member.
+    when none is that small), x ``workers`` x 1.25. When the workload has no record of a size
+    between that one and ``m``, the gain of the larger batch is borrowed from the other
+    workloads (:func:`batching_gain`). A workload without records: ``unknown`` seconds per member.
     """
-    shares: dict[str, dict[int, float]] = defaultdict(dict)
+    shares: dict[tuple, dict[int, float]] = defaultdict(dict)
     kind = "cpu" if device == "cpu" else "cuda"
     for r in load_records(results):
         if not str(r.get("device", "")).startswith(kind) or r.get("kind") == "baselines":
@@ -130,23 +141,24 @@ def seconds_per_member(
         size = (r.get("batch") or {}).get("size", 1)
         load = (r.get("environment") or {}).get("concurrent_runs") or 12
         per = float(r.get("total_seconds") or 0) / size / min(load, workers)
-        by_size = shares[r["dataset"]]
+        by_size = shares[workload(r)]
         by_size[size] = max(by_size.get(size, 0.0), per)
 
-    def estimate(dataset: str, m: int) -> float:
-        by_size = shares.get(dataset)
+    def estimate(task: dict, m: int) -> float:
+        key = workload(task)
+        by_size = shares.get(key)
         if not by_size:
             return unknown
         fitting = [s for s in by_size if s <= m]
         size = max(fitting) if fitting else min(by_size)
-        others = {d: v for d, v in shares.items() if d != dataset}
+        others = {d: v for d, v in shares.items() if d != key}
         gain = batching_gain(others, by_size[size], size, m)
         return 1.25 * by_size[size] * gain * workers
 
     return estimate
 
 
-def batching_gain(shares: dict[str, dict[int, float]], share: float, a: int, b: int) -> float:
+def batching_gain(shares: dict[tuple, dict[int, float]], share: float, a: int, b: int) -> float:
     """How much a member's share of GPU time shrinks from a batch of ``a`` to one of ``b``, as
     comparable data sets recorded it (their share at size ``a`` within 4x of ``share``: small
     sets gain far more from batching than big ones). Per data set, the share at its largest
@@ -171,7 +183,7 @@ def take(
     queue: list[list[dict]],
     running: list[list[dict]],
     room: float,
-    per_member: Callable[[str, int], float],
+    per_member: Callable[[dict, int], float],
     workers: int,
     members: int,
 ) -> list[list[dict]]:
@@ -187,8 +199,7 @@ def take(
     for i, g in enumerate(queue):
         if len(running) + len(started) >= workers or inflight >= members:
             break
-        ds = g[0]["dataset"]
-        fit = next((m for m in range(len(g), 0, -1) if m * per_member(ds, m) <= room), 0)
+        fit = next((m for m in range(len(g), 0, -1) if m * per_member(g[0], m) <= room), 0)
         slots = members - inflight
         if fit < 1 or slots < min(3, fit):
             continue
@@ -202,7 +213,7 @@ def take(
 
 def simulate(
     queue: list[list[dict]],
-    per_member: Callable[[str, int], float],
+    per_member: Callable[[dict, int], float],
     deadline: float,
     workers: int,
     members: int,
@@ -214,7 +225,7 @@ def simulate(
     t, running, plan = 0.0, [], []
     while True:
         for g in take(queue, [g for _, g in running], deadline - t, per_member, workers, members):
-            end = t + len(g) * per_member(g[0]["dataset"], len(g))
+            end = t + len(g) * per_member(g[0], len(g))
             running.append((end, g))
             plan.append((t, end, g))
         if not running:

@@ -41,6 +41,11 @@ def write(path: Path, **record):
     path.write_text(json.dumps(record))
 
 
+def task(dataset: str) -> dict:
+    """A task as the estimates see it (no subset, no schedule: like the records below)."""
+    return {"dataset": dataset}
+
+
 def test_seconds_per_member_scales_with_the_load(tmp_path):
     grid = load_grid()
     r = tmp_path / "results"
@@ -66,19 +71,20 @@ def test_seconds_per_member_scales_with_the_load(tmp_path):
     # 16 workers: no record was made under a heavier load, so every load counts in full
     est = grid.seconds_per_member(r, "cuda", unknown=150, workers=16)
     # A: a lone run's share 120 / 12 = 10 s; a batch of 5: 200 / 5 / 8 = 5 s each
-    assert est("A", 1) == pytest.approx(1.25 * 16 * 10)
+    assert est(task("A"), 1) == pytest.approx(1.25 * 16 * 10)
     # no batch of 2-4 of A recorded: its lone run, times the gain E recorded from 1 to 3
     # (E's lone share 40 s is within 4x of A's 10 s): 20 / 40
-    assert est("A", 4) == pytest.approx(1.25 * 16 * 10 * 0.5)
+    assert est(task("A"), 4) == pytest.approx(1.25 * 16 * 10 * 0.5)
     # a recorded size needs no borrowing; E has no size above 3 to borrow from
-    assert est("A", 5) == pytest.approx(1.25 * 16 * 5) == est("A", 10)
+    assert est(task("A"), 5) == pytest.approx(1.25 * 16 * 5) == est(task("A"), 10)
     # E: shares 40 (lone), 25 (pair), 20 (triple): the largest recorded size up to m
-    assert est("E", 1) == pytest.approx(1.25 * 16 * 320 / 8)
-    assert est("E", 2) == pytest.approx(1.25 * 16 * 400 / 2 / 8)
+    assert est(task("E"), 1) == pytest.approx(1.25 * 16 * 320 / 8)
+    assert est(task("E"), 2) == pytest.approx(1.25 * 16 * 400 / 2 / 8)
     # E's batch of 9 from its triple, times A's gain from 1 to 5 (10 -> 5 s); A's lone share
     # (10 s) is within 4x of E's triple (20 s)
-    assert est("E", 9) == pytest.approx(1.25 * 16 * 480 / 3 / 8 * 0.5)
-    assert est("C", 1) == 150 and est("D", 3) == 150  # other device / baselines: unknown
+    assert est(task("E"), 9) == pytest.approx(1.25 * 16 * 480 / 3 / 8 * 0.5)
+    # another device, baselines: unknown
+    assert est(task("C"), 1) == 150 and est(task("D"), 3) == 150
 
 
 def test_seconds_per_member_never_below_a_records_own_time_under_a_lighter_load(tmp_path):
@@ -106,9 +112,45 @@ def test_seconds_per_member_never_below_a_records_own_time_under_a_lighter_load(
     )
     est = grid.seconds_per_member(r, "cuda", unknown=150, workers=2)
     # 2 batches in flight, fewer than the record's 8: its own 435 s (x 1.25), not 435 / 8 x 2
-    assert est("F", 1) == pytest.approx(1.25 * 435.0)
+    assert est(task("F"), 1) == pytest.approx(1.25 * 435.0)
     # a record made under a lighter load still scales up: 25 s alone, twice that beside another
-    assert est("G", 4) == pytest.approx(1.25 * 2 * 25.0)
+    assert est(task("G"), 4) == pytest.approx(1.25 * 2 * 25.0)
+
+
+def test_a_short_schedule_on_a_subset_is_not_priced_as_the_full_run(tmp_path):
+    grid = load_grid()
+    r = tmp_path / "results"
+    full = {"pretrain_epochs": 200, "contrastive_epochs": 100, "finetune_epochs": 50}
+    short = {"pretrain_epochs": 2, "contrastive_epochs": 2, "finetune_epochs": 2}
+    # the full schedule on the whole set, alone on the GPU: 435 s
+    write(
+        r / "main/F/paper/seed0-a.json",
+        dataset="F",
+        kind="cmmc",
+        device="cuda",
+        total_seconds=435.0,
+        config=full,
+        data={},
+        environment={"concurrent_runs": 1},
+    )
+    # the short schedule on a 5000-sample subset: 12 s
+    write(
+        r / "scalability/F/n5000/seed0-b.json",
+        dataset="F",
+        kind="scalability",
+        device="cuda",
+        total_seconds=12.0,
+        config=short,
+        data={"n_samples": 5000},
+        environment={"concurrent_runs": 1},
+    )
+    est = grid.seconds_per_member(r, "cuda", unknown=150, workers=1)
+    main = {"dataset": "F", "config": full, "data": {}}
+    assert est(main, 1) == pytest.approx(1.25 * 435.0)
+    assert est(dict(main, config=short, data={"n_samples": 5000}), 1) == pytest.approx(1.25 * 12)
+    # another subset size or schedule has no record of its own: unknown, not the 435-s run
+    assert est(dict(main, config=short, data={"n_samples": 1000}), 1) == 150
+    assert est(dict(main, config=dict(full, finetune_epochs=0)), 1) == 150
 
 
 def test_batching_gain_borrows_from_comparable_sets_only():
@@ -166,8 +208,8 @@ def test_take_caps_batches_runs_and_time():
     grid = load_grid()
     table = {"A": 10.0, "B": 100.0}
 
-    def per(dataset, m):
-        return table[dataset]
+    def per(t, m):
+        return table[t["dataset"]]
 
     # 30 run slots: A's 10 and 10 fill 20; B (10 runs) gets the 10 left; the 4th waits (workers)
     queue = [batch("A", 10), batch("A", 10), batch("B", 10), batch("A", 2)]
@@ -194,7 +236,7 @@ def test_take_caps_batches_runs_and_time():
 def test_take_uses_the_estimate_of_the_batch_size_it_starts():
     grid = load_grid()
 
-    def per(dataset, m):  # bigger batches: less time per member (as records show)
+    def per(t, m):  # bigger batches: less time per member (as records show)
         return 100.0 if m < 5 else 50.0
 
     # 300 s: 6 x 50 fits, 7 x 50 does not; with the lone-run estimate only 3 would have fitted
@@ -221,7 +263,7 @@ def test_simulate_plays_the_call_by_hand():
 
     def run(deadline):
         queue = [group("A", 3), group("B", 2), group("A", 1)]
-        plan = grid.simulate(queue, lambda ds, m: per[ds], deadline, workers=2, members=40)
+        plan = grid.simulate(queue, lambda t, m: per[t["dataset"]], deadline, workers=2, members=40)
         return [(s, e, g[0]["dataset"], len(g)) for s, e, g in plan], queue
 
     # room for everything: A3 and B2 start at 0; A1 takes A3's worker when it ends at 30
