@@ -41,6 +41,12 @@ def write(path: Path, **record):
     path.write_text(json.dumps(record))
 
 
+def gpu_record(path: Path, dataset: str, secs: float, load: int, **extra) -> None:
+    """A GPU record as the estimates read it: its time and the processes that shared the GPU."""
+    fields = dict(dataset=dataset, kind="cmmc", device="cuda", total_seconds=secs, batch=None)
+    write(path, **(fields | extra), environment={"concurrent_runs": load})
+
+
 def task(dataset: str) -> dict:
     """A task as the estimates see it (no subset, no schedule: like the records below)."""
     return {"dataset": dataset}
@@ -91,25 +97,9 @@ def test_seconds_per_member_never_below_a_records_own_time_under_a_lighter_load(
     grid = load_grid()
     r = tmp_path / "results"
     # a Fashion run recorded among 8 (435 s), the case that lost two runs in session 7
-    write(
-        r / "main/F/paper/seed0-a.json",
-        dataset="F",
-        kind="cmmc",
-        device="cuda",
-        total_seconds=435.0,
-        batch=None,
-        environment={"concurrent_runs": 8},
-    )
+    gpu_record(r / "main/F/paper/seed0-a.json", "F", 435.0, load=8)
     # a batch of 4 recorded alone (load 1): 100 s, 25 s a member
-    write(
-        r / "main/G/code/seed0-b.json",
-        dataset="G",
-        kind="cmmc",
-        device="cuda",
-        total_seconds=100.0,
-        batch={"size": 4},
-        environment={"concurrent_runs": 1},
-    )
+    gpu_record(r / "main/G/code/seed0-b.json", "G", 100.0, load=1, batch={"size": 4})
     est = grid.seconds_per_member(r, "cuda", unknown=150, workers=2)
     # 2 batches in flight, fewer than the record's 8: its own 435 s (x 1.25), not 435 / 8 x 2
     assert est(task("F"), 1) == pytest.approx(1.25 * 435.0)
@@ -123,27 +113,10 @@ def test_a_short_schedule_on_a_subset_is_not_priced_as_the_full_run(tmp_path):
     full = {"pretrain_epochs": 200, "contrastive_epochs": 100, "finetune_epochs": 50}
     short = {"pretrain_epochs": 2, "contrastive_epochs": 2, "finetune_epochs": 2}
     # the full schedule on the whole set, alone on the GPU: 435 s
-    write(
-        r / "main/F/paper/seed0-a.json",
-        dataset="F",
-        kind="cmmc",
-        device="cuda",
-        total_seconds=435.0,
-        config=full,
-        data={},
-        environment={"concurrent_runs": 1},
-    )
+    gpu_record(r / "main/F/paper/seed0-a.json", "F", 435.0, load=1, config=full, data={})
     # the short schedule on a 5000-sample subset: 12 s
-    write(
-        r / "scalability/F/n5000/seed0-b.json",
-        dataset="F",
-        kind="scalability",
-        device="cuda",
-        total_seconds=12.0,
-        config=short,
-        data={"n_samples": 5000},
-        environment={"concurrent_runs": 1},
-    )
+    gpu_record(r / "scalability/F/n5000/seed0-b.json", "F", 12.0, load=1, config=short,
+               data={"n_samples": 5000}, kind="scalability")  # fmt: skip
     est = grid.seconds_per_member(r, "cuda", unknown=150, workers=1)
     main = {"dataset": "F", "config": full, "data": {}}
     assert est(main, 1) == pytest.approx(1.25 * 435.0)
