@@ -160,8 +160,8 @@ def seconds_per_member(
 
 def batching_gain(shares: dict[tuple, dict[int, float]], share: float, a: int, b: int) -> float:
     """How much a member's share of GPU time shrinks from a batch of ``a`` to one of ``b``, as
-    comparable data sets recorded it (their share at size ``a`` within 4x of ``share``: small
-    sets gain far more from batching than big ones). Per data set, the share at its largest
+    comparable workloads recorded it (their share at size ``a`` within 4x of ``share``: small
+    sets gain far more from batching than big ones). Per workload, the share at its largest
     size up to ``b`` over the share at its largest size up to ``a``, where the two sizes differ;
     the upper quartile of these ratios (pessimistic), never above 1; 1 when none qualifies."""
     ratios = []
