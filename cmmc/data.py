@@ -5,7 +5,7 @@ view names, the paper's per-dataset contrastive epochs) lives in ``registry.toml
 (``data/registry.toml`` in the repository, shipped inside the package). This module only knows a
 handful of *reader kinds*:
 
-- ``mat`` / ``caltech_mat``: one ``.mat`` file; views under ``view_keys`` or inside the cell array
+- ``mat``: one ``.mat`` file; views under ``view_keys`` or inside the cell array
   ``cell_key`` at ``cell_indices``; optionally stored features x samples (``transposed``);
   labels under ``label_key``.
 - ``fashion3v``: the 3-view Fashion set built from the raw Fashion-MNIST idx files
@@ -541,7 +541,6 @@ def _read_generic(spec: dict[str, Any], paths: list[Path]) -> tuple[list, np.nda
 _BUILT = {"fashion3v", "multicoil"}
 _READERS = {
     "mat": _read_generic,
-    "caltech_mat": _read_generic,
     "fashion3v": _read_fashion3v,
     "multicoil": _read_multicoil,
     "ccv_official_npy": _read_ccv_npy,
@@ -668,11 +667,6 @@ def load_dataset(
     ``views`` picks views by index or name, in the given order (e.g. HW ``["pix", "fou"]``).
     """
     return load_from_spec(spec if spec is not None else get_spec(name), data_dir, views, download)
-
-
-def contrastive_epochs(name: str) -> int:
-    """The paper's contrastive-phase epochs for ``name`` (registry data; 50 by default)."""
-    return int(get_spec(name).get("contrastive_epochs", 50))
 
 
 def dataset_status(data_dir: str | Path | None = None) -> list[dict[str, Any]]:

@@ -16,9 +16,10 @@ import scipy.io
 
 from cmmc import data
 
-REAL = Path(os.environ.get("CMMC_DATA_DIR") or "/work/shared/data")
+REAL = Path(os.environ.get("CMMC_DATA_DIR") or Path(__file__).resolve().parents[1] / "data")
 
-# Independent facts (REFERENCE.md / the files' own documentation): N, dims, K.
+# Independent facts (the papers' data set descriptions and the files' own documentation): N, dims,
+# K.
 EXPECTED = {
     "MNIST-USPS": (5000, [784, 784], 10),
     "BDGP": (2500, [1750, 79], 5),
@@ -50,13 +51,13 @@ BALANCED = {
 
 
 @pytest.fixture(scope="session")
-def session_cache(tmp_path_factory):
+def shared_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cmmc_cache")
 
 
 @pytest.fixture(autouse=True)
-def _env(monkeypatch, session_cache):
-    monkeypatch.setenv("CMMC_CACHE_DIR", str(session_cache))
+def _env(monkeypatch, shared_cache):
+    monkeypatch.setenv("CMMC_CACHE_DIR", str(shared_cache))
     monkeypatch.setenv("CMMC_DATA_DIR", str(REAL))
 
 
@@ -102,10 +103,10 @@ def test_registry_schema():
     for name in names:
         s = data.get_spec(name)
         assert len(s["view_names"]) == len(s["dims"]), name
-        assert s["reader"] in {"mat", "caltech_mat", "fashion3v", "multicoil", "ccv_official_npy"}
+        assert s["reader"] in {"mat", "fashion3v", "multicoil", "ccv_official_npy"}
         for key in ("N", "K", "contrastive_epochs", "note", "licence", "files"):
             assert key in s, (name, key)
-    epochs = {n: data.contrastive_epochs(n) for n in names}
+    epochs = {n: data.get_spec(n)["contrastive_epochs"] for n in names}
     assert epochs["MNIST-USPS"] == 50 and epochs["BDGP"] == 10 and epochs["Fashion"] == 100
     assert epochs["CCV-paper"] == 50 and epochs["Caltech-2V"] == 50 and epochs["HW"] == 50
     assert "NOT the paper" in data.get_spec("CCV")["note"]
