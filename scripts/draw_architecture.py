@@ -2,9 +2,10 @@
 
 Used twice: `python scripts/draw_architecture.py` writes book/_static/architecture.png (the
 picture in the README), and book/intro.md imports `draw_architecture` to draw the same figure
-on the introduction page. Layer sizes follow the official code (see REFERENCE.md):
-per-view encoder D_m -> 500 -> 500 -> 2000 -> 512, decoder the mirror image, shared feature head
-Linear(512, 128) + L2 normalisation, shared label head Linear(512, K) + softmax.
+on the introduction page. The layer sizes are read from the network that `cmmc` trains
+(`cmmc.model.CMMCNetwork` with the default `cmmc.config.Config`), which follows the official
+MFLVC code: per-view encoder D_m -> 500 -> 500 -> 2000 -> 512, decoder the mirror image, shared
+feature head Linear(512, 128) + L2 normalisation, shared label head Linear(512, K) + softmax.
 """
 
 from __future__ import annotations
@@ -14,10 +15,23 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyBboxPatch, Rectangle
+from torch import nn
 
-ENCODER_HIDDEN = (500, 500, 2000)
-LATENT_DIM = 512
-FEATURE_DIM = 128
+from cmmc.config import Config
+from cmmc.model import CMMCNetwork
+
+
+def linear_widths(stack: nn.Module) -> list[int]:
+    """Input width of the first nn.Linear of ``stack``, then the output width of each."""
+    linears = [m for m in stack.modules() if isinstance(m, nn.Linear)]
+    return [linears[0].in_features, *(m.out_features for m in linears)]
+
+
+_DEFAULTS = Config()
+_PROBE = CMMCNetwork([1], 1, low_dim=_DEFAULTS.low_dim, high_dim=_DEFAULTS.high_dim)
+ENCODER_HIDDEN = tuple(linear_widths(_PROBE.encoders[0])[1:-1])  # (500, 500, 2000)
+LATENT_DIM = _PROBE.feature_head.in_features  # 512: z, the input of both heads
+FEATURE_DIM = _PROBE.feature_head.out_features  # 128: h
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "book" / "_static" / "architecture.png"
@@ -35,8 +49,16 @@ COLORS = {
 
 
 def layer_sizes(input_dim: int) -> list[int]:
-    """Encoder layer widths for one view: D_m -> 500 -> 500 -> 2000 -> 512."""
-    return [input_dim, *ENCODER_HIDDEN, LATENT_DIM]
+    """Encoder layer widths for one view (D_m -> 500 -> 500 -> 2000 -> 512), read from the
+    encoder that cmmc.model.CMMCNetwork builds for an input of width ``input_dim``."""
+    net = CMMCNetwork([input_dim], 1, low_dim=LATENT_DIM, high_dim=FEATURE_DIM)
+    return linear_widths(net.encoders[0])
+
+
+def decoder_sizes(input_dim: int) -> list[int]:
+    """Decoder layer widths for one view (512 -> 2000 -> 500 -> 500 -> D_m), from the network."""
+    net = CMMCNetwork([input_dim], 1, low_dim=LATENT_DIM, high_dim=FEATURE_DIM)
+    return linear_widths(net.decoders[0])
 
 
 def linear_stack_parameters(sizes: list[int]) -> int:
@@ -45,11 +67,13 @@ def linear_stack_parameters(sizes: list[int]) -> int:
 
 
 def encoder_parameters(input_dim: int) -> int:
+    """Weights + biases of one view's encoder."""
     return linear_stack_parameters(layer_sizes(input_dim))
 
 
 def decoder_parameters(input_dim: int) -> int:
-    return linear_stack_parameters(layer_sizes(input_dim)[::-1])
+    """Weights + biases of one view's decoder."""
+    return linear_stack_parameters(decoder_sizes(input_dim))
 
 
 def _box(ax, x, y, w, h, text, color, fontsize=9, text_color="black", lw=1.0, ls="-", alpha=1.0):
@@ -98,7 +122,7 @@ def _arrow(ax, start, end, color="#333333", style="-|>", lw=1.2, ls="-", rad=0.0
 
 def _bars(ax, x0, yc, sizes, color, step=2.6, width=1.6):
     """Draw one bar per layer, height growing with the layer width; return the x-extent."""
-    largest = max(max(sizes), 2000)
+    largest = max(*sizes, *ENCODER_HIDDEN)
     for i, size in enumerate(sizes):
         height = 3.0 + 13.0 * size / largest
         x = x0 + i * step
@@ -137,11 +161,11 @@ def draw_architecture(dims=(784, 784), n_clusters=10, dataset="MNIST-USPS", ax=N
         _arrow(ax, (9.1, yc), (x0 - 0.3, yc))
         ax.text((x0 + x1) / 2, yc + 9.3, f"encoder $E^{m}$", ha="center", fontsize=9)
         # latent z
-        _box(ax, x1 + 2.5, yc - 3.5, 6.5, 7, f"$z^{m}$\n512", COLORS["latent"], 9)
+        _box(ax, x1 + 2.5, yc - 3.5, 6.5, 7, f"$z^{m}$\n{LATENT_DIM}", COLORS["latent"], 9)
         _arrow(ax, (x1 + 0.2, yc), (x1 + 2.2, yc))
         zx = x1 + 9.3
         # decoder bars
-        d0, d1 = _bars(ax, zx + 3.0, yc, layer_sizes(d)[::-1], COLORS["decoder"])
+        d0, d1 = _bars(ax, zx + 3.0, yc, decoder_sizes(d), COLORS["decoder"])
         _arrow(ax, (zx, yc), (d0 - 0.3, yc))
         ax.text((d0 + d1) / 2, yc + 9.3, f"decoder $D^{m}$", ha="center", fontsize=9)
         _box(ax, d1 + 2.5, yc - 3.5, 6.5, 7, f"$\\hat{{x}}^{m}$", COLORS["input"], 10)
@@ -166,7 +190,7 @@ def draw_architecture(dims=(784, 784), n_clusters=10, dataset="MNIST-USPS", ax=N
         46,
         hw,
         20,
-        "feature head\nLinear(512, 128)\n+ L2 normalisation",
+        f"feature head\nLinear({LATENT_DIM}, {FEATURE_DIM})\n+ L2 normalisation",
         COLORS["feature"],
         9,
         text_color="white",
@@ -177,7 +201,7 @@ def draw_architecture(dims=(784, 784), n_clusters=10, dataset="MNIST-USPS", ax=N
         12,
         hw,
         20,
-        f"label head\nLinear(512, K={n_clusters})\n+ softmax",
+        f"label head\nLinear({LATENT_DIM}, K={n_clusters})\n+ softmax",
         COLORS["label"],
         9,
         text_color="white",
@@ -193,8 +217,8 @@ def draw_architecture(dims=(784, 784), n_clusters=10, dataset="MNIST-USPS", ax=N
 
     # outputs
     outs = {
-        "h1": (62.0, "$h^1\\in\\mathbb{R}^{128}$", COLORS["feature"]),
-        "h2": (50.0, "$h^2\\in\\mathbb{R}^{128}$", COLORS["feature"]),
+        "h1": (62.0, f"$h^1\\in\\mathbb{{R}}^{{{FEATURE_DIM}}}$", COLORS["feature"]),
+        "h2": (50.0, f"$h^2\\in\\mathbb{{R}}^{{{FEATURE_DIM}}}$", COLORS["feature"]),
         "q1": (28.0, "$q^1\\in\\Delta^{K}$", COLORS["label"]),
         "q2": (16.0, "$q^2\\in\\Delta^{K}$", COLORS["label"]),
     }
