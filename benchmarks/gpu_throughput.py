@@ -1,8 +1,8 @@
-"""Useful fp32 work per second of each recorded GPU call: the schedule's matrix products
-(``speed.epoch_gflop``) of the records that finished during the call, over the call's length.
+"""Useful fp32 work per second of each recorded GPU job: the schedule's matrix products
+(``speed.epoch_gflop``) of the records that finished during the job, over the job's length.
 
-A call's window is its ``results/logs/*-gpu_util.csv`` (nvidia-smi every 5 s); work lost at the
-end of a call (a batch still running) is not counted, so this is the rate that became records.
+A job's window is its ``results/logs/*-gpu_util.csv`` (nvidia-smi every 5 s); work lost at the
+end of a job (a batch still running) is not counted, so this is the rate that became records.
 
     python benchmarks/gpu_throughput.py
 """
@@ -22,7 +22,7 @@ from cmmc.runner import load_records  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def call_window(util_csv: Path) -> tuple[datetime, datetime, float]:
+def job_window(util_csv: Path) -> tuple[datetime, datetime, float]:
     """First and last sample of an nvidia-smi log, and the mean utilisation (%)."""
     rows = list(csv.reader(util_csv.open()))[1:]
     stamp = [
@@ -50,9 +50,9 @@ def main() -> None:
         for r in load_records(ROOT / "results")
         if str(r.get("device", "")).startswith("cuda") and r.get("kind") != "baselines"
     ]
-    print(f"{'call':<32} {'s':>5} {'busy%':>6} {'runs':>5} {'TFLOP':>7} {'TFLOP/s':>8}")
+    print(f"{'job':<32} {'s':>5} {'busy%':>6} {'runs':>5} {'TFLOP':>7} {'TFLOP/s':>8}")
     for util in sorted((ROOT / "results" / "logs").glob("*-gpu_util.csv")):
-        start, end, busy = call_window(util)
+        start, end, busy = job_window(util)
         done = [r for r in records if start <= datetime.fromisoformat(r["finished"]) <= end]
         work = sum(record_tflop(r) for r in done)
         secs = (end - start).total_seconds()

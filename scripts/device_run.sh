@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine: continue the experiment grids, bring the records back.
+# One job on a GPU machine that receives a copy of the tree: continue the experiment grids, pack
+# the new records to bring back. For machines without network access or a usable .git, where a
+# job runs under a wall-time limit (as on a batch scheduler):
 #
-#   here:   make devdata                      # right before the call: data files + .devdata/COMMIT
-#                                               (the copy's .git on the device can be stale)
-#   device: run(command="bash scripts/device_run.sh 580", carry=[".devdata"], timeout_s=600)
-#   here:   tar xzf <files_at>/results.tar.gz # then commit results/
+#   before: make devdata                      # data files + .devdata/COMMIT (the commit copied:
+#                                               the copy's .git, if any, can be stale)
+#   job:    bash scripts/device_run.sh 580    # from the copied tree's root, .devdata beside it
+#   after:  tar xzf $OUT/results.tar.gz       # the records land in results/; commit them
 #
-# The argument is the deadline: seconds this call may run (a little under the call's timeout); a
-# batch starts only if the records of earlier calls say it ends in time. Up to WORKERS (default 4)
+# The argument is the deadline: seconds this job may run (a little under its wall-time limit); a
+# batch starts only if the records of earlier jobs say it ends in time. Up to WORKERS (default 4)
 # batches of up to BATCH (default 10) seeds/temperatures, MEMBERS (default 40) runs in all, share
-# the GPU. NO_CHECK=1: no determinism re-run (one per session is enough). MPS=1: see below.
+# the GPU. NO_CHECK=1: no determinism re-run (one per grid is enough). MPS=1: see below.
 set -u
 DEADLINE=${1:-580}
 export CMMC_DATA_DIR=$PWD/.devdata PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -19,7 +21,7 @@ export CMMC_GIT_COMMIT CMMC_GIT_DIRTY
 OUT=${OUT:-device_out}
 mkdir -p "$OUT"
 nvidia-smi -L
-# GPU load every 5 s: tells the next session whether the GPU or the CPUs were the limit.
+# GPU load every 5 s: says afterwards whether the GPU or the CPUs were the limit.
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 >"$OUT/gpu_util.csv" &
 # MPS=1: run the batches' kernels side by side through CUDA MPS (a user-space daemon; the
 # GPU's settings are untouched). Without MPS the processes time-slice the GPU, and small kernels
