@@ -42,8 +42,9 @@ from book_execution import (  # noqa: E402
     prepare_pages,
 )
 
-# a Sphinx message: "path:line: WARNING: ...", "WARNING: ...", "ERROR: ..."
+# a Sphinx message: "path:line: WARNING: ...", "WARNING: ...", "ERROR: ..." (colours removed)
 SPHINX_PROBLEM = re.compile(r"(^|: )(WARNING|ERROR|CRITICAL|SEVERE):")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def parse_value(text: str):
@@ -87,8 +88,9 @@ def build_book(settings: Settings, fresh: bool) -> tuple[int, list[str], float]:
     assert proc.stdout is not None
     for line in proc.stdout:
         sys.stdout.write(line)
-        if SPHINX_PROBLEM.search(line):
-            problems.append(line.rstrip())
+        plain = ANSI.sub("", line).rstrip()
+        if SPHINX_PROBLEM.search(plain):
+            problems.append(plain)
     status = proc.wait()
     return status, problems, time.perf_counter() - start
 
