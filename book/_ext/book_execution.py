@@ -59,8 +59,10 @@ METADATA_KEY = "cmmc_book"
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"
 HIDE_TAGS = {"remove-cell", "remove-input", "hide-cell", "hide-input"}
-# ipykernel logs a warning about its TCP transport at every start; keep the build log clean
-KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+# The kernel's own log, not the notebook's output: ipykernel warns about its TCP transport at
+# every start, and logs an error when the interrupt that jupyter_client sends before every
+# shutdown reaches a message handler. A failing cell or a dead kernel is reported by papermill.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
 
 Log = Callable[[str], None]
 
