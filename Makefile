@@ -1,7 +1,10 @@
 # cmmc: set-up, tests, the book, the browser check, CI.
-#   make book            set up .venv if needed, execute every notebook (records profile), build
+#   make setup           .venv with requirements.txt and the package (the README's install step)
+#   make book            set up .venv if needed, then jupyter-book build book/ (records profile:
+#                        missing or stale notebooks are executed first), warnings as errors
 #   make test            set up .venv if needed, ruff check + ruff format --check + pytest
 #   PROFILE=paper make book    the full reproduction (writes results/)
+#   make book BOOK_ARGS="--only autoencoders -p dataset BDGP"    see scripts/build_book.py
 PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
@@ -36,8 +39,10 @@ book: setup
 book-only: setup
 	$(BIN)/python scripts/build_book.py --skip-execute $(BOOK_ARGS)
 
+# the built site from the file system, then served over HTTP under /cmmc/ (as on GitHub Pages)
 check-site: setup
 	$(BIN)/python scripts/check_site.py
+	$(BIN)/python scripts/check_site.py --serve /cmmc/
 
 architecture: setup
 	$(BIN)/python scripts/draw_architecture.py

@@ -10,27 +10,42 @@ For every top-level page book/_build/html/*.html this script
       - a script or stylesheet loaded from http(s) (the site must work offline; Chromium
         runs with every host name unresolvable, so a CDN dependency would also leave raw TeX).
 Search is checked too: search.html and searchindex.js exist, the index contains a known
-word, and search.html?q=WORD shows results in the browser.
+word, and search.html?q=WORD shows results in the browser. Every local address a page refers
+to (scripts, stylesheets, images, links to other pages) must exist and lie inside the site.
 
-    python scripts/check_site.py                      # all pages
+By default the pages are opened from the file system (file://). The site must also work when a
+web server publishes it under a sub-path, as GitHub Pages does (https://OWNER.github.io/cmmc/):
+--serve /cmmc/ serves book/_build/html under that prefix with a local HTTP server (Python's
+http.server) and checks it there, each reference fetched over HTTP; --base-url checks a site
+served by another server.
+
+    python scripts/check_site.py                      # all pages, from the file system
     python scripts/check_site.py --pages intro data   # some pages
+    python scripts/check_site.py --serve /cmmc/       # all pages, over HTTP under /cmmc/
 Exit status 0 when every check passes, 1 otherwise; a summary table is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urldefrag, urljoin, urlparse
 
 from bs4 import BeautifulSoup
 
@@ -122,12 +137,91 @@ def prose_text(soup: BeautifulSoup) -> str:
     return main.get_text(" ", strip=False)
 
 
-def check_page(chromium: str, path: Path, budget_ms: int) -> PageResult:
+def page_url(base_url: str, path: Path) -> str:
+    """The address of a built file: below base_url, or its file:// URI when base_url is ""."""
+    if not base_url:
+        return path.resolve().as_uri()
+    return urljoin(base_url, path.relative_to(HTML).as_posix())
+
+
+def local_references(html: str, url: str) -> set[str]:
+    """Absolute addresses (no fragment) of what a page loads or links to, except remote ones."""
+    soup = BeautifulSoup(html, "html.parser")
+    refs = [tag["src"] for tag in soup.find_all(["script", "img"], src=True)]
+    refs += [tag["href"] for tag in soup.find_all(["link", "a"], href=True)]
+    found = set()
+    for ref in refs:
+        ref = ref.strip()
+        if not ref or ref.startswith(("#", "mailto:", "javascript:", "data:")):
+            continue
+        if re.match(r"^(https?:)?//", ref) and not urljoin(url, ref).startswith(
+            ("file:", "http://localhost", "http://127.0.0.1")
+        ):
+            continue  # remote: an outgoing link (remote scripts are checked elsewhere)
+        found.add(urldefrag(urljoin(url, ref))[0].split("?")[0])
+    return found
+
+
+def reference_problem(ref: str, base_url: str) -> str:
+    """Why a local reference is broken ("" if it is fine)."""
+    site = base_url or HTML.resolve().as_uri() + "/"
+    if not ref.startswith(site):
+        return f"{ref} lies outside the site {site}"
+    if ref.startswith("file:"):
+        target = Path(unquote(urlparse(ref).path))
+        return "" if target.exists() else f"{ref} does not exist"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(ref, method="HEAD"), timeout=30) as r:
+            return "" if r.status == 200 else f"{ref}: HTTP {r.status}"
+    except urllib.error.HTTPError as exc:
+        return f"{ref}: HTTP {exc.code}"
+    except OSError as exc:
+        return f"{ref}: {exc}"
+
+
+def check_references(pages: list[Path], base_url: str, jobs: int) -> tuple[int, list[str]]:
+    """Every local address the pages refer to exists below the site's root."""
+    refs: dict[str, str] = {}
+    for path in pages:
+        url = page_url(base_url, path)
+        for ref in local_references(path.read_text(encoding="utf-8"), url):
+            refs.setdefault(ref, path.name)
+    with ThreadPoolExecutor(max_workers=max(4, jobs)) as pool:
+        problems = list(pool.map(lambda ref: reference_problem(ref, base_url), sorted(refs)))
+    broken = [f"{p} (from {refs[ref]})" for ref, p in zip(sorted(refs), problems, strict=True) if p]
+    return len(refs), broken
+
+
+@contextlib.contextmanager
+def serve(prefix: str) -> Iterator[str]:
+    """Serve HTML under http://localhost:PORT/<prefix>/ (a symbolic link in a temporary folder)."""
+    name = prefix.strip("/")
+    with tempfile.TemporaryDirectory(prefix="cmmc-site-") as root:
+        target = Path(root, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(HTML.resolve(), target_is_directory=True)
+
+        class Quiet(SimpleHTTPRequestHandler):
+            def log_message(self, format, *args):  # noqa: A002
+                pass
+
+        server = ThreadingHTTPServer(("localhost", 0), functools.partial(Quiet, directory=root))
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://localhost:{server.server_address[1]}/{name}/"
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def check_page(chromium: str, path: Path, budget_ms: int, base_url: str = "") -> PageResult:
     start = time.perf_counter()
     result = PageResult(path.stem)
-    url = path.resolve().as_uri()
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    shot = SHOTS / f"{path.stem}.png"
+    url = page_url(base_url, path)
+    shots = SHOTS / "served" if base_url else SHOTS
+    shots.mkdir(parents=True, exist_ok=True)
+    shot = shots / f"{path.stem}.png"
     try:
         # one browser run: the screenshot and the DOM after scripts (MathJax) ran
         dom = run_chromium(
@@ -225,7 +319,9 @@ def check_static_assets() -> list[str]:
     return problems
 
 
-def check_search(chromium: str, word: str, budget_ms: int) -> tuple[int, list[str]]:
+def check_search(
+    chromium: str, word: str, budget_ms: int, base_url: str = ""
+) -> tuple[int, list[str]]:
     problems = []
     search, index = HTML / "search.html", HTML / "searchindex.js"
     for f in (search, index):
@@ -235,7 +331,7 @@ def check_search(chromium: str, word: str, budget_ms: int) -> tuple[int, list[st
         return 0, problems
     if word.lower() not in index.read_text(encoding="utf-8").lower():
         problems.append(f"searchindex.js does not contain {word!r}")
-    url = search.resolve().as_uri() + f"?q={word}"
+    url = page_url(base_url, search) + f"?q={word}"
     try:
         dom = run_chromium(chromium, url, ["--dump-dom"], budget_ms)
     except (RuntimeError, subprocess.TimeoutExpired) as exc:
@@ -253,7 +349,26 @@ def main(argv=None) -> int:
     parser.add_argument("--word", default="contrastive", help="a word the search must find")
     parser.add_argument("--budget-ms", type=int, default=5000, help="Chromium virtual time")
     parser.add_argument("-j", "--jobs", type=int, default=2, help="browsers in parallel")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--serve",
+        metavar="PREFIX",
+        help="serve the site over HTTP under this sub-path (e.g. /cmmc/) and check it there",
+    )
+    where.add_argument(
+        "--base-url", default="", help="check the site as served there (ends with /)"
+    )
     args = parser.parse_args(argv)
+    if args.serve:
+        with serve(args.serve) as base_url:
+            return run_checks(args, base_url)
+    return run_checks(args, args.base_url)
+
+
+def run_checks(args, base_url: str) -> int:
+    """Check the pages of args.pages (all by default), opened below base_url or from files."""
+    if base_url and not base_url.endswith("/"):
+        base_url += "/"
 
     if not (HTML / "index.html").is_file():
         print(f"no built book in {HTML}: run `make book` first")
@@ -268,10 +383,13 @@ def main(argv=None) -> int:
             return 1
 
     start = time.perf_counter()
+    print(f"checking {len(pages)} page(s) at {base_url or HTML.resolve().as_uri() + '/'}")
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda p: check_page(chromium, p, args.budget_ms), pages))
-    hits, search_problems = check_search(chromium, args.word, args.budget_ms)
+        results = list(pool.map(lambda p: check_page(chromium, p, args.budget_ms, base_url), pages))
+    hits, search_problems = check_search(chromium, args.word, args.budget_ms, base_url)
     asset_problems = check_static_assets()
+    all_pages = sorted(HTML.glob("*.html"))
+    n_refs, ref_problems = check_references(all_pages, base_url, args.jobs)
 
     width = max(len(r.page) for r in results) if results else 10
     print(f"\n{'page':<{width}}  {'math':>5}  {'images':>6}  {'secs':>5}  status")
@@ -288,12 +406,21 @@ def main(argv=None) -> int:
     )
     assets_status = "ok" if not asset_problems else "FAIL: " + "; ".join(asset_problems[:3])
     print(f"{'(assets)':<{width}}  {'':>5}  {'':>6}  {'':>5}  {assets_status}")
+    refs_status = "ok" if not ref_problems else f"FAIL: {len(ref_problems)} broken"
+    print(
+        f"{'(links)':<{width}}  {'':>5}  {n_refs:>6}  {'':>5}  {refs_status} "
+        f"[{n_refs} local address(es) referred to by {len(all_pages)} page(s)]"
+    )
+    for problem in ref_problems[:20]:
+        print(f"{'':<{width}}  {'':>5}  {'':>6}  {'':>5}        {problem}")
 
     failed = [r for r in results if r.problems]
-    n_fail = len(failed) + bool(search_problems) + bool(asset_problems)
+    n_fail = len(failed) + bool(search_problems) + bool(asset_problems) + bool(ref_problems)
+    shots = SHOTS / "served" if base_url else SHOTS
     print(
-        f"\n{len(results)} page(s) checked in {time.perf_counter() - start:.1f} s; "
-        f"screenshots in {SHOTS.relative_to(ROOT)}/; {n_fail} failure(s)"
+        f"\n{len(results)} page(s) checked in {time.perf_counter() - start:.1f} s at "
+        f"{base_url or 'file://'}; screenshots in {shots.relative_to(ROOT)}/; "
+        f"{n_fail} failure(s)"
     )
     return 1 if n_fail else 0
 
