@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         for line in problems:
             print(f"  {line}")
         return 1
-    print(f"book: {(BOOK / '_build' / 'html' / 'index.html').relative_to(ROOT)}")
+    print(f"book: {(ROOT / '_build' / 'html' / 'index.html').relative_to(ROOT)}")
     return 0
 
 

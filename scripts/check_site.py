@@ -1,7 +1,7 @@
 """Open every page of the built book in headless Chromium and check that it works offline.
 
-For every top-level page book/_build/html/*.html this script
-  * takes a screenshot (book/_build/screenshots/<page>.png, 1280x2000), and
+For every top-level page _build/html/*.html this script
+  * takes a screenshot (_build/screenshots/<page>.png, 1280x2000), and
   * dumps the DOM after the page's scripts ran (MathJax included) and fails on
       - raw TeX left outside MathJax's output (`$$`, `\\(`, `\\begin`, `\\frac`, ...),
         math elements MathJax did not typeset, or MathJax error boxes;
@@ -15,7 +15,7 @@ to (scripts, stylesheets, images, links to other pages) must exist and lie insid
 
 By default the pages are opened from the file system (file://). The site must also work when a
 web server publishes it under a sub-path, as GitHub Pages does (https://OWNER.github.io/cmmc/):
---serve /cmmc/ serves book/_build/html under that prefix with a local HTTP server (Python's
+--serve /cmmc/ serves _build/html under that prefix with a local HTTP server (Python's
 http.server) and checks it there, each reference fetched over HTTP; --base-url checks a site
 served by another server.
 
@@ -50,8 +50,8 @@ from urllib.parse import unquote, urldefrag, urljoin, urlparse
 from bs4 import BeautifulSoup
 
 ROOT = Path(__file__).resolve().parents[1]
-HTML = ROOT / "book" / "_build" / "html"
-SHOTS = ROOT / "book" / "_build" / "screenshots"
+HTML = ROOT / "_build" / "html"
+SHOTS = ROOT / "_build" / "screenshots"
 
 CHROMIUM_FLAGS = [
     "--headless",

@@ -5,7 +5,7 @@ version control). This module converts it and executes it with papermill in book
 notebook book/<page>.ipynb (gitignored), which Jupyter Book renders (_config.yml excludes
 *.md). Pages without code cells are converted, not executed. It is used in two ways:
 
-* as a Sphinx extension (book/_config.yml, sphinx.local_extensions): at `builder-inited`,
+* as a Sphinx extension (_config.yml, sphinx.local_extensions): at `builder-inited`,
   before Sphinx reads any page, every page whose notebook is missing or stale is executed;
   a failing cell stops the build with a non-zero exit status, naming the page and the cell;
 * by scripts/build_book.py (`make book`), which sets the options below and runs the same

@@ -6,7 +6,7 @@ does not have). This extension drops that script and sphinx-thebe's loader from 
 that the site makes no request outside its own folder; scripts/check_site.py verifies it.
 
 The repository, "suggest edit" and "open issue" buttons follow ONE setting, `repository.url`
-in book/_config.yml (the theme option `repository_url`): all three are shown when it is set,
+in _config.yml (the theme option `repository_url`): all three are shown when it is set,
 none when it is empty. The edit button opens the page's source book/<page>.md, not the
 executed notebook book/<page>.ipynb that Sphinx renders (which is not under version control).
 """
