@@ -123,7 +123,9 @@ def test_generated_set_is_the_generator_drawn_from_the_seed():
     assert spec["generated"] and spec["files"] == []
     for n, seed in [(None, 0), (1500, 3)]:
         ds = data.load_dataset("synthetic", n_samples=n, seed=seed)
-        views, labels = make_multiview_blobs(n or spec["N"], spec["K"], len(spec["dims"]), seed=seed)
+        views, labels = make_multiview_blobs(
+            n or spec["N"], spec["K"], len(spec["dims"]), seed=seed
+        )
         assert ds.n_samples == len(labels) and ds.dims == spec["dims"] == [20, 20]
         for a, b in zip(ds.views, views, strict=True):
             assert a.dtype == b.dtype and np.array_equal(a, b)
