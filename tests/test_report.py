@@ -102,7 +102,9 @@ def test_records_frame_reads_the_batch_size():
     assert df.loc[0, "batch_size"] == 1 and df.loc[1, "batch_size"] == 3
     assert df.loc[1, "total_seconds"] / df.loc[1, "batch_size"] == 10.0
     text = report.provenance([{**single, "profile": "paper"}, {**batched, "profile": "paper"}])
-    assert text.endswith("; 1 of them trained in batches of 3 runs at once (cmmc.batched)")
+    assert text.endswith(
+        "; 1 of them trained in batches of 3 runs at once (stacked: cmmc.train.Trainer.for_members)"
+    )
 
 
 def test_missing_details_is_collapsed_and_grouped():

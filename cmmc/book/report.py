@@ -165,7 +165,7 @@ def provenance(records: Sequence[Mapping[str, Any]]) -> str:
     batched = int((df["batch_size"] > 1).sum())
     batch_text = (
         f"; {batched} of them trained in batches of {_ranges(sorted(df.batch_size[df.batch_size > 1].unique()))}"
-        " runs at once (cmmc.batched)"
+        " runs at once (stacked: cmmc.train.Trainer.for_members)"
         if batched
         else ""
     )

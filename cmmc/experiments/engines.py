@@ -35,6 +35,7 @@ from cmmc.experiments.records import (
     round_floats,
     write_json_atomic,
 )
+from cmmc.train import use_deterministic_cuda
 
 _RUNS_IN_PROCESS = 0  # ru_maxrss is a per-process maximum: only a process's first run owns it
 
@@ -53,6 +54,7 @@ def _start_run(device_name: str, threads: int | None) -> tuple[torch.device, str
     git_state()  # the code that runs now, whatever is committed before the record is written
     device = resolve_device(device_name)
     if device.type == "cuda":
+        use_deterministic_cuda()  # the same labels from the same seed on the same kind of GPU
         torch.cuda.reset_peak_memory_stats()
     _RUNS_IN_PROCESS += 1
     return device, datetime.now(UTC).isoformat(), time.perf_counter()

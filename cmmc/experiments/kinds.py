@@ -12,28 +12,26 @@ properties; no code path names a kind.
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
 
 from cmmc.analysis import multilevel, tsne_2d
 from cmmc.baselines import run_baselines
-from cmmc.batched import BATCHABLE, fit_batched
 from cmmc.config import Config
 from cmmc.data import Dataset, get_spec, load_dataset
 from cmmc.estimator import CMMC
 from cmmc.metrics import evaluate
+from cmmc.train import BATCHABLE, Trainer, map_threads, stage_key
 
 Task = dict[str, Any]
 PhaseHook = Callable[[str, dict[str, list[np.ndarray]]], None]
 MEMBER_FIELDS: tuple[str, ...] = tuple(BATCHABLE)  # Config fields batch members may differ in
+STAGE_CACHE = Path(".cache") / "stages"  # under a results folder: trained stage ends, reusable
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,15 +54,13 @@ def data_depends_on_seed(task: Task) -> bool:
     return "n_samples" in task["data"] or bool(get_spec(task["dataset"]).get("generated"))
 
 
-def pretrain_key(task: Task) -> str:
-    """Hash of everything the end of a run's pre-training depends on."""
-    cfg = task["config"]
-    keep = ("pretrain_epochs", "batch_size", "lr", "low_dim", "high_dim", "recon_form", "precision")
-    keep += ("eval_every",)  # the cached history carries the metrics evaluated during pre-training
-    payload = {k: cfg[k] for k in keep}
-    payload.update(dataset=task["dataset"], data=task["data"], seed=task["seed"])
-    payload.update(device=task["device"], v=1)
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+def pretrain_key(task: Task, version: int) -> str:
+    """Hash of everything the end of a run's pre-training depends on: the pre-training fields
+    of its Config (:func:`cmmc.train.stage_fields`), its data, seed and device, and the record
+    ``version``. Runs with equal keys can share one pre-training."""
+    identity = {"dataset": task["dataset"], "data": task["data"], "seed": task["seed"]}
+    identity.update(device=task["device"], v=version)
+    return stage_key(Config(**task["config"]), "pretrain", identity)
 
 
 def fit_cmmc(
@@ -77,51 +73,33 @@ def fit_cmmc(
     share_pretraining: bool = True,
 ) -> tuple[list[CMMC], bool]:
     """Train one CMMC model per task on ``ds``; returns the fitted estimators and whether the
-    pre-training came from the cache.
+    training continued from a cached stage end.
 
     One task is one run (seeded as ``CMMC(random_state=seed).fit``); several are stacked members
     of one batch (they may differ only in seed and :data:`MEMBER_FIELDS`; with
     ``share_pretraining`` members with the same seed pre-train once). ``cache_dir``: the end of
-    pre-training is loaded from there, or saved there (one run only). ``on_phase_end(phase,
-    embedding)`` gets the per-view z, h, q after each phase (one run only).
+    pre-training is loaded from there, or saved there. ``on_phase_end(phase, embedding)`` gets
+    the per-view z, h, q after each phase that ran.
     """
     configs = [Config(**t["config"]) for t in tasks]
-    if len(tasks) > 1:
-        seeds = [t["seed"] for t in tasks]
-        models = fit_batched(
-            ds.views, ds.labels, ds.n_clusters, seeds, configs, str(device), False,
-            share_pretraining,
+    seeds = [t["seed"] for t in tasks]
+    if len(tasks) == 1:
+        trainer = Trainer.for_data(
+            ds.views, ds.labels, ds.n_clusters, configs[0], seeds[0], str(device), progress=False
+        )
+    else:
+        trainer = Trainer.for_members(
+            ds.views, ds.labels, ds.n_clusters, seeds, configs, str(device), progress=False,
+            share_pretraining=share_pretraining,
         )  # fmt: skip
-        return models, False
-    (task,), (config,) = tasks, configs
-    model = CMMC(ds.n_clusters, random_state=task["seed"], device=str(device), config=config)
-    model.progress = False
-    cache = None
-    if cache_dir is not None:
-        cache = cache_dir / "pretrain" / f"{pretrain_key({**task, 'device': str(device)})}.pt"
-    cached = cache is not None and cache.exists()
-    model.fit(
-        ds.views, ds.labels, pretrain_cache=str(cache) if cache else None, on_phase_end=on_phase_end
-    )
-    return [model], cached
-
-
-def _map_threads(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
-    """``[fn(x) for x in items]`` over as many Python threads as torch may use here.
-
-    Each member's k-means is CPU work that would otherwise run one after another; sklearn's
-    k-means releases the GIL. Each call gets one OpenMP thread: k-means with several threads
-    sums in a varying order, and the labels of a seed must not depend on the machine's load.
-    """
-
-    def one(x):
-        with threadpool_limits(1, user_api="openmp"):
-            return fn(x)
-
-    items = list(items)
-    workers = max(1, min(torch.get_num_threads(), len(items)))
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(one, items))
+    if on_phase_end is not None:
+        trainer.on_phase_end = lambda phase, tr: on_phase_end(
+            phase, {k: [a.float().cpu().numpy() for a in v] for k, v in tr.embed().items()}
+        )
+    identity = {"dataset": tasks[0]["dataset"], "data": tasks[0]["data"]}
+    trainer.fit(cache_dir=cache_dir, cache_identity=identity if cache_dir else None)
+    models = [CMMC.from_trainer(trainer, member=i) for i in range(len(tasks))]
+    return models, trainer.loaded_stage is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,11 +122,11 @@ def fitted_body(task: Task, ds: Dataset, model: CMMC) -> dict[str, Any]:
 
 
 def run_cmmc(task: Task, ds: Dataset, device: torch.device) -> dict[str, Any]:
-    """One CMMC run; its pre-training is cached under ``<results>/.cache`` when the plan marked
-    it as shared with other runs (``cache_pretrain``)."""
+    """One CMMC run; the end of its pre-training is cached under ``<results>/.cache/stages``
+    when the plan marked it as shared with other runs (``cache_pretrain``)."""
     cache_dir = None
     if task.get("cache_pretrain") and task.get("results") and task["config"]["pretrain_epochs"]:
-        cache_dir = Path(task["results"]) / ".cache"
+        cache_dir = Path(task["results"]) / STAGE_CACHE
     (model,), cached = fit_cmmc([task], ds, device, cache_dir=cache_dir)
     body = fitted_body(task, ds, model)
     body["pretrain_from_cache"] = cached
@@ -160,7 +138,7 @@ def run_cmmc_batch(
 ) -> list[dict[str, Any]]:
     """CMMC runs of one configuration trained at once (stacked); one body per task."""
     models, _ = fit_cmmc(tasks, ds, device, share_pretraining=share_pretraining)
-    bodies = _map_threads(lambda i: fitted_body(tasks[i], ds, models[i]), range(len(tasks)))
+    bodies = map_threads(lambda i: fitted_body(tasks[i], ds, models[i]), range(len(tasks)))
     for body in bodies:
         body["pretrain_from_cache"] = False
     return bodies

@@ -18,7 +18,7 @@ from typing import Any
 from cmmc.config import make_config
 from cmmc.data import get_spec
 from cmmc.experiments.kinds import pretrain_key
-from cmmc.experiments.records import record_path, run_key
+from cmmc.experiments.records import RECORD_VERSION, record_path, run_key
 
 Task = dict[str, Any]
 DATA_KEYS = ("views", "n_samples")  # variant keys that select data rather than configure
@@ -115,6 +115,6 @@ def plan(
 def mark_shared_pretraining(tasks: list[Task]) -> None:
     """Cache pre-training only where two planned runs share it (ablation, temperature grid):
     elsewhere a checkpoint per run would cost disk and time for nothing."""
-    keys = [pretrain_key(t) for t in tasks]
+    keys = [pretrain_key(t, RECORD_VERSION) for t in tasks]
     for t, k in zip(tasks, keys, strict=True):
         t["cache_pretrain"] = keys.count(k) > 1
