@@ -15,7 +15,7 @@ import pytest
 from cmmc import experiments as ex
 from cmmc.experiments import engines, kinds, records
 
-DATA = os.environ.get("CMMC_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = os.environ.get("CMMC_DATA_DIR", str(Path(__file__).resolve().parents[1] / "data"))
 needs_data = pytest.mark.skipif(
     not (Path(DATA) / "synthetic3d.mat").exists(), reason="synthetic3d.mat not in the data dir"
 )
@@ -461,3 +461,69 @@ def test_ensure_records_computes_a_quick_plan_once_and_lists_what_is_missing(tmp
     assert info["computed"] == 0 and info["planned"] == 1 and info["profiles"] == ["quick"]
     assert info["missing"] == [{"dataset": "Synthetic3d", "variant": "default", "seed": 0}]
     assert len(shown) == 2
+
+
+def test_errata_correct_the_records_they_name_and_only_those(tmp_path):
+    def record(name, started, **env):
+        path = tmp_path / "results" / "main" / "D" / "code" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rec = {"device": "cpu", "started": started, "environment": {"cpu": "EPYC", **env}}
+        path.write_text(json.dumps(rec))
+        return path, rec
+
+    old, old_rec = record("seed0-a.json", "2026-01-01T10:00:00+00:00")  # lacks the field
+    new, new_rec = record("seed1-b.json", "2026-01-03T10:00:00+00:00")  # lacks it, too late
+    named, named_rec = record("seed2-c.json", "2026-01-01T10:00:00+00:00", cpu_capability="AVX")
+    (tmp_path / "results" / "errata.toml").write_text(
+        """
+[[erratum]]
+date = 2026-01-05
+records = ["results/main/**/seed*-*.json"]
+where = { device = "cpu" }
+started_before = 2026-01-02T00:00:00Z
+field = "environment.cpu_capability"
+correction = "AVX2"
+reason = "made on the AVX2 machine"
+
+[[erratum]]
+date = 2026-01-05
+records = ["results/main/D/code/seed2-*.json"]
+field = "environment.cpu_capability"
+recorded = "AVX"
+correction = "AVX512"
+reason = "misnamed"
+"""
+    )
+    errata = ex.load_errata(tmp_path / "results" / "errata.toml", tmp_path)
+    assert len(errata) == 2 and ex.load_errata(tmp_path / "none.toml", tmp_path) == []
+    fixed = ex.corrected(old_rec, old, errata)
+    assert fixed["environment"] == {"cpu": "EPYC", "cpu_capability": "AVX2"}
+    assert "cpu_capability" not in old_rec["environment"]  # the record itself is left as it is
+    assert ex.corrected(new_rec, new, errata) == new_rec  # started after the range
+    assert ex.corrected(named_rec, named, errata)["environment"]["cpu_capability"] == "AVX512"
+    gpu = {**old_rec, "device": "cuda"}
+    assert ex.errata_for(gpu, old, errata) == []  # `where` does not hold
+    assert ex.field_value(named_rec, "environment.cpu_capability") == "AVX"
+    assert ex.field_value(named_rec, "environment.cpu_capability.x") is None
+
+
+@needs_data
+def test_a_shared_pretraining_is_cached_and_continues_exactly(tmp_path):
+    def two_variants(results):  # they share their pre-training (same fields, data and seed)
+        return ex.plan("ablation", datasets=["Synthetic3d"], seeds=[0], profile="quick",
+                       variants=["full", "no_entropy"], results_dir=results, n_samples=48)  # fmt: skip
+
+    tasks = two_variants(tmp_path / "a")
+    assert [t["cache_pretrain"] for t in tasks] == [True, True]
+    first, second = (ex.run_task(t) for t in tasks)
+    assert not first["pretrain_from_cache"] and second["pretrain_from_cache"]
+    assert list((tmp_path / "a" / ".cache").rglob("*.pt"))
+    alone = ex.run_task({**two_variants(tmp_path / "b")[1], "cache_pretrain": False})
+    assert not alone["pretrain_from_cache"]
+    assert alone["labels_sha256"] == second["labels_sha256"]
+    assert alone["metrics"] == second["metrics"]
+
+    def losses(rec):  # the history without its times
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in rec["history"]]
+
+    assert losses(alone) == losses(second)

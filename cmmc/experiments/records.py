@@ -9,6 +9,7 @@ reuses a stale record.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import hashlib
 import json
@@ -17,6 +18,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -168,6 +170,71 @@ def dedupe(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if k not in best or str(r.get("finished", "")) >= str(best[k].get("finished", "")):
             best[k] = dict(r)
     return sorted(best.values(), key=identity)
+
+
+def field_value(record: Mapping[str, Any], dotted: str) -> Any:
+    """The value at a dotted path of a record (``environment.cpu_capability``); None when absent."""
+    node: Any = record
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(part)
+    return node
+
+
+def load_errata(path: str | Path, root: str | Path) -> list[dict[str, Any]]:
+    """The ``[[erratum]]`` entries of an errata file (``results/errata.toml``): corrections to
+    the provenance of committed records, which are never rewritten. Each entry names its records
+    by globs relative to ``root`` (the repository), optionally a ``where`` (dotted field ->
+    value, all must hold) and a ``started_before``/``started_after`` range, the ``field`` it
+    corrects, the value the records hold (``recorded``; omitted: the records lack the field),
+    the ``correction`` and the ``reason``. The entries come back with the resolved paths of
+    their records (``paths``)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    entries = tomllib.loads(path.read_text()).get("erratum", [])
+    for e in entries:
+        e["paths"] = {p.resolve() for g in e["records"] for p in Path(root).glob(g)}
+    return entries
+
+
+def errata_for(
+    record: Mapping[str, Any], path: str | Path, errata: Iterable[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """The errata (:func:`load_errata`) that apply to the record stored at ``path``."""
+    path = Path(path).resolve()
+    found = []
+    for e in errata:
+        if path not in e["paths"]:
+            continue
+        if any(field_value(record, k) != v for k, v in (e.get("where") or {}).items()):
+            continue
+        started = dt.datetime.fromisoformat(record["started"])
+        if "started_before" in e and not started < e["started_before"]:
+            continue
+        if "started_after" in e and started < e["started_after"]:
+            continue
+        if field_value(record, e["field"]) != e.get("recorded"):
+            continue
+        found.append(e)
+    return found
+
+
+def corrected(
+    record: Mapping[str, Any], path: str | Path, errata: Iterable[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """A copy of the record with the errata that apply to it applied (the record is left as
+    it is)."""
+    out = dict(record)
+    for e in errata_for(record, path, errata):
+        *parents, leaf = e["field"].split(".")
+        node = out
+        for part in parents:
+            node[part] = dict(node.get(part) or {})
+            node = node[part]
+        node[leaf] = e["correction"]
+    return out
 
 
 @functools.cache
