@@ -235,9 +235,7 @@ def test_simulate_plays_the_call_by_hand():
     assert [(g[0]["dataset"], len(g)) for g in left] == [("B", 2)]
 
 
-DATA = Path(
-    os.environ.get("CMMC_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
+DATA = Path(os.environ.get("CMMC_DATA_DIR", Path(__file__).resolve().parents[1] / "data"))
 
 
 @pytest.mark.skipif(not (DATA / "synthetic3d.mat").exists(), reason="no synthetic3d.mat")
