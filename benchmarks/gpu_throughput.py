@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from speed import epoch_gflop  # noqa: E402
 
-from cmmc.runner import load_records  # noqa: E402
+from cmmc.experiments import load_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -136,7 +136,7 @@ def main() -> None:
         print(f"metrics: {json.dumps({k: round(v, 4) for k, v in metrics.items()})}")
         result.update(full_seconds=total, phase_seconds=model.phase_seconds_, metrics=metrics)
     if args.json:
-        from cmmc.runner import environment
+        from cmmc.experiments import environment
 
         result.update(seed=args.seed, config=config.to_dict(), environment=environment())
         result["finished"] = datetime.now(UTC).isoformat()

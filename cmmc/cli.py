@@ -77,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Run (or resume) an experiment grid; records go under --results."""
-    from cmmc.runner import plan, run_grid
+    from cmmc.experiments import plan, run_grid
 
     seeds = args.seed_list if args.seed_list else (range(args.seeds) if args.seeds else None)
     tasks = plan(
@@ -110,10 +110,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Recompute recorded runs and compare them with their records; exit 1 if one differs."""
-    import json
     import tempfile
 
-    from cmmc.runner import verify_record
+    from cmmc.experiments import verify_record
 
     differ = 0
     with tempfile.TemporaryDirectory(prefix="cmmc-verify-") as scratch:
@@ -126,7 +125,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cmmc`` command."""
-    from cmmc.runner import experiments
+    from cmmc.experiments import experiment_specs
 
     p = argparse.ArgumentParser(prog="cmmc", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -152,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
 
     r = sub.add_parser("reproduce", help="run or resume an experiment grid (cmmc/experiments.toml)")
-    r.add_argument("experiment", help="one of: " + ", ".join(experiments()))
+    r.add_argument("experiment", help="one of: " + ", ".join(experiment_specs()))
     r.add_argument("--datasets", nargs="+", help="registry names (default: the experiment's)")
     r.add_argument(
         "--variants", nargs="+", help="configurations of the experiment (default: all of them)"

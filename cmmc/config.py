@@ -89,9 +89,6 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-PAPER_FORMS = {"recon_form": "sum", "entropy_form": "view", "finetune_form": "ce"}
-
-
 def config_fields() -> set[str]:
     """Names of all Config fields."""
     return {f.name for f in dataclasses.fields(Config)}

@@ -13,6 +13,8 @@ handful of *reader kinds*:
 - ``multicoil``: Multi-COIL-10/-20 built from ``COIL20.mat`` (see :func:`build_multicoil`).
 - ``ccv_official_npy``: the official MFLVC CCV folder (``STIP.npy``, ``SIFT.npy``, ``MFCC.npy``,
   ``label.npy``).
+- ``multiview_blobs``: no file; an entry marked ``generated`` is drawn by
+  :func:`cmmc.synthetic.make_multiview_blobs` with any number of samples, from the caller's seed.
 
 After reading, every dataset goes through the same steps: per-view scaling named in the registry,
 float32 C-contiguous views, labels remapped to 0..K-1 (int64), and validation (same N for all
@@ -39,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cmmc.synthetic import make_multiview_blobs
 
 __all__ = [
     "Dataset",
@@ -538,12 +542,28 @@ def _read_generic(spec: dict[str, Any], paths: list[Path]) -> tuple[list, np.nda
     return views, labels, {}
 
 
+def _generate_multiview_blobs(
+    spec: dict[str, Any], paths: list[Path]
+) -> tuple[list, np.ndarray, dict]:
+    """``N`` samples of :func:`~cmmc.synthetic.make_multiview_blobs` from ``seed``: K clusters,
+    one view per entry of ``dims``, each half signal and half distractor features."""
+    dims = list(spec["dims"])
+    if len(set(dims)) != 1 or dims[0] % 2:
+        raise ValueError(f"{spec['name']}: dims must be one even width per view, got {dims}")
+    views, labels = make_multiview_blobs(
+        int(spec["N"]), int(spec["K"]), len(dims), dims[0] // 2, seed=int(spec["seed"])
+    )
+    return views, labels, {}
+
+
 _BUILT = {"fashion3v", "multicoil"}
+_GENERATORS = {"multiview_blobs"}
 _READERS = {
     "mat": _read_generic,
     "fashion3v": _read_fashion3v,
     "multicoil": _read_multicoil,
     "ccv_official_npy": _read_ccv_npy,
+    "multiview_blobs": _generate_multiview_blobs,
 }
 
 
@@ -629,8 +649,15 @@ def load_from_spec(
     data_dir: str | Path | None = None,
     views: Sequence[int | str] | None = None,
     download: bool = True,
+    n_samples: int | None = None,
+    seed: int = 0,
 ) -> Dataset:
-    """Load a dataset described by a registry-style ``spec`` (see ``registry.toml``)."""
+    """Load a dataset described by a registry-style ``spec`` (see ``registry.toml``).
+
+    ``n_samples``: a set read from files is cut to a subset of that many samples drawn with
+    ``seed`` (never larger than the set); a ``generated`` set is drawn with that many samples
+    (default: its ``N``) from ``seed``. Either way the samples then depend on the seed.
+    """
     spec = dict(spec)
     spec.setdefault("name", spec.get("display_name", "dataset"))
     reader = _READERS.get(spec.get("reader", ""))
@@ -638,6 +665,15 @@ def load_from_spec(
         raise ValueError(
             f"{spec['name']}: unknown reader {spec.get('reader')!r}; known: {', '.join(_READERS)}"
         )
+    generated = bool(spec.get("generated", False))
+    if generated != (spec["reader"] in _GENERATORS):
+        raise ValueError(
+            f"{spec['name']}: 'generated' must be true exactly for the generating readers "
+            f"{sorted(_GENERATORS)}, got generated = {generated} with reader {spec['reader']!r}"
+        )
+    if generated:
+        spec["N"] = int(n_samples if n_samples is not None else spec["N"])
+        spec["seed"] = int(seed)
     paths = [
         fetch(
             e,
@@ -652,6 +688,15 @@ def load_from_spec(
     if spec["reader"] in _BUILT:  # builders return 0-based labels (they check the raw base)
         spec["label_base"] = 0
     ds = _finish(spec, raw_views, raw_labels, meta)
+    if n_samples is not None and not generated:
+        if n_samples > ds.n_samples:
+            raise ValueError(
+                f"n_samples={n_samples} is more than the {ds.n_samples} samples of "
+                f"{spec['name']}: a subset cannot be larger than its set (use a generated set, "
+                "such as 'synthetic')"
+            )
+        rng = np.random.default_rng(seed)
+        ds = ds.subset(np.sort(rng.choice(ds.n_samples, n_samples, replace=False)))
     return ds.select_views(views) if views is not None else ds
 
 
@@ -661,12 +706,18 @@ def load_dataset(
     views: Sequence[int | str] | None = None,
     download: bool = True,
     spec: dict[str, Any] | None = None,
+    n_samples: int | None = None,
+    seed: int = 0,
 ) -> Dataset:
     """Load registry dataset ``name`` (or ``spec``, if given), optionally a subset of views.
 
     ``views`` picks views by index or name, in the given order (e.g. HW ``["pix", "fou"]``).
+    ``n_samples`` and ``seed``: a seeded subset of a set read from files, or the size and seed
+    of a generated set (:func:`load_from_spec`).
     """
-    return load_from_spec(spec if spec is not None else get_spec(name), data_dir, views, download)
+    return load_from_spec(
+        spec if spec is not None else get_spec(name), data_dir, views, download, n_samples, seed
+    )
 
 
 def dataset_status(data_dir: str | Path | None = None) -> list[dict[str, Any]]:
@@ -675,7 +726,7 @@ def dataset_status(data_dir: str | Path | None = None) -> list[dict[str, Any]]:
     for name in list_datasets():
         spec = get_spec(name)
         paths: list[Path | None] = []
-        verified: bool | None = True
+        verified: bool | None = True if spec["files"] else None  # a generated set: no file
         for e in spec["files"]:
             p = _locate(e, data_dir)
             paths.append(p)

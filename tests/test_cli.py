@@ -9,7 +9,7 @@ import pytest
 from cmmc.cli import main
 from cmmc.data import list_datasets
 
-DATA = os.environ.get("CMMC_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = os.environ.get("CMMC_DATA_DIR", str(Path(__file__).resolve().parents[1] / "data"))
 
 
 @pytest.fixture(autouse=True)

@@ -103,7 +103,9 @@ def test_registry_schema():
     for name in names:
         s = data.get_spec(name)
         assert len(s["view_names"]) == len(s["dims"]), name
-        assert s["reader"] in {"mat", "fashion3v", "multicoil", "ccv_official_npy"}
+        readers = {"mat", "fashion3v", "multicoil", "ccv_official_npy", "multiview_blobs"}
+        assert s["reader"] in readers, name
+        assert bool(s.get("generated")) == (s["reader"] == "multiview_blobs") == (not s["files"])
         for key in ("N", "K", "contrastive_epochs", "note", "licence", "files"):
             assert key in s, (name, key)
     epochs = {n: data.get_spec(n)["contrastive_epochs"] for n in names}
@@ -113,6 +115,38 @@ def test_registry_schema():
     assert data.get_spec("mnist_usps")["name"] == "MNIST-USPS"
     assert data.get_spec("hw")["view_names"] == ["fac", "fou", "kar", "mor", "pix", "zer"]
     assert "MIT" in data.get_spec("Fashion")["licence"]
+
+
+def test_generated_set_is_the_generator_drawn_from_the_seed():
+    from cmmc.synthetic import make_multiview_blobs
+
+    spec = data.get_spec("synthetic")
+    assert spec["generated"] and spec["files"] == []
+    for n, seed in [(None, 0), (1500, 3)]:
+        ds = data.load_dataset("synthetic", n_samples=n, seed=seed)
+        views, labels = make_multiview_blobs(
+            n or spec["N"], spec["K"], len(spec["dims"]), seed=seed
+        )
+        assert ds.n_samples == len(labels) and ds.dims == spec["dims"] == [20, 20]
+        for a, b in zip(ds.views, views, strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+        assert ds.labels.dtype == np.int64 and np.array_equal(ds.labels, labels)
+    other = data.load_dataset("synthetic", seed=1)
+    assert not np.array_equal(other.views[0], data.load_dataset("synthetic").views[0])
+    status = {r["name"]: r for r in data.dataset_status()}["synthetic"]
+    assert status["present"] and status["verified"] is None  # nothing to verify
+
+
+def test_subset_is_seeded_and_never_larger_than_its_set():
+    _need(*_files_of("Synthetic3d"))
+    full = data.load_dataset("Synthetic3d", download=False)
+    sub = data.load_dataset("Synthetic3d", download=False, n_samples=48, seed=5)
+    idx = np.sort(np.random.default_rng(5).choice(full.n_samples, 48, replace=False))
+    assert np.array_equal(sub.labels, full.labels[idx])
+    for a, b in zip(sub.views, full.views, strict=True):
+        assert np.array_equal(a, b[idx])
+    with pytest.raises(ValueError, match="601 is more than the 600 samples of Synthetic3d"):
+        data.load_dataset("Synthetic3d", download=False, n_samples=601)
 
 
 def test_unknown_dataset_lists_names():

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cmmc import report
+from cmmc.book import report
 
 
 def frame(rows):
@@ -102,34 +102,21 @@ def test_records_frame_reads_the_batch_size():
     assert df.loc[0, "batch_size"] == 1 and df.loc[1, "batch_size"] == 3
     assert df.loc[1, "total_seconds"] / df.loc[1, "batch_size"] == 10.0
     text = report.provenance([{**single, "profile": "paper"}, {**batched, "profile": "paper"}])
-    assert text.endswith("; 1 of them trained in batches of 3 runs at once (cmmc.batched)")
+    assert text.endswith(
+        "; 1 of them trained in batches of 3 runs at once (stacked: cmmc.train.Trainer.for_members)"
+    )
 
 
 def test_missing_details_is_collapsed_and_grouped():
-    missing = pd.DataFrame(
-        {"dataset": ["A", "A", "B"], "variant": ["code", "code", "paper"], "seed": [3, 1, 0]}
-    )
-    html = report.missing_details(missing, "CMMC run(s)").data
-    assert html.startswith("<details><summary>3 CMMC run(s) without a record")
-    assert "<td>1, 3</td>" in html and "<td>0</td>" in html  # seeds grouped and sorted
-    assert html.endswith("</details>")
-
-
-def test_dedupe_counts_a_run_once_across_devices_but_not_scalability():
-    def rec(kind, device, finished, seed=0, variant="code"):
-        return {"experiment": "x", "kind": kind, "dataset": "D", "variant": variant,
-                "seed": seed, "profile": "paper", "n_samples": 100, "device": device,
-                "finished": finished}  # fmt: skip
-
-    runs = [
-        rec("cmmc", "cuda", "2026-01-02"),
-        rec("cmmc", "cpu", "2026-01-03"),  # the same run, later, on the CPU
-        rec("cmmc", "cpu", "2026-01-01", seed=1),
-        rec("scalability", "cuda", "2026-01-02", variant="n100"),
-        rec("scalability", "cpu", "2026-01-03", variant="n100"),  # its device is measured
+    # as cmmc.experiments.ensure_records lists them: one dict per planned run without a record
+    missing = [
+        {"dataset": "A", "variant": "code", "seed": 3},
+        {"dataset": "A", "variant": "code", "seed": 1},
+        {"dataset": "B", "variant": "paper", "seed": 0},
     ]
-    kept = report.dedupe(runs)
-    cmmc = [r for r in kept if r["kind"] == "cmmc"]
-    assert sorted((r["seed"], r["device"]) for r in cmmc) == [(0, "cpu"), (1, "cpu")]
-    scal = [r for r in kept if r["kind"] == "scalability"]
-    assert sorted(r["device"] for r in scal) == ["cpu", "cuda"]
+    for given in (missing, pd.DataFrame(missing)):
+        html = report.missing_details(given, "CMMC run(s)").data
+        assert html.startswith("<details><summary>3 CMMC run(s) without a record")
+        assert "<td>1, 3</td>" in html and "<td>0</td>" in html  # seeds grouped and sorted
+        assert html.endswith("</details>")
+    assert report.missing_summary([]).empty and "0 planned" in report.missing_details([]).data

@@ -1,25 +1,17 @@
-"""scripts/device_grid.py: the priority order of a GPU call and its run-time estimates."""
+"""cmmc.experiments.walltime: the priority order of a job, its run-time estimates, and which
+batches it starts within its wall-time limit."""
 
-import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_grid():
-    spec = importlib.util.spec_from_file_location(
-        "device_grid", ROOT / "scripts" / "device_grid.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from cmmc.experiments import run_key
+from cmmc.experiments import walltime as grid
 
 
 def test_priority_order(tmp_path):
-    grid = load_grid()
     tasks = grid.ordered_tasks(grid.DEFAULT_EXPERIMENTS, "cuda", tmp_path, "paper")
     stage = []  # the sequence of (experiment, variant kind) blocks, in order
     for t in tasks:
@@ -53,7 +45,6 @@ def task(dataset: str) -> dict:
 
 
 def test_seconds_per_member_scales_with_the_load(tmp_path):
-    grid = load_grid()
     r = tmp_path / "results"
 
     def rec(name, dataset, secs, size=1, load=None, device="cuda", kind="cmmc"):
@@ -67,7 +58,7 @@ def test_seconds_per_member_scales_with_the_load(tmp_path):
             environment={"concurrent_runs": load} if load else {},
         )
 
-    rec("main/A/code/seed0-a.json", "A", 120)  # first GPU session: 12 single runs at once
+    rec("main/A/code/seed0-a.json", "A", 120)  # no concurrent_runs: 12 single runs at once
     rec("main/A/code/seed1-b.json", "A", 200, size=5, load=8)  # 200 / 5 / 8 = 5 s of GPU each
     rec("main/E/code/seed0-c.json", "E", 320, load=8)  # the lone run is the slowest per member
     rec("main/E/code/seed1-d.json", "E", 400, size=2, load=8)
@@ -75,6 +66,7 @@ def test_seconds_per_member_scales_with_the_load(tmp_path):
     rec("main/C/code/seed0-f.json", "C", 9, device="cpu")
     rec("baselines/D/x/seed0-g.json", "D", 9, kind="baselines")
     # 16 workers: no record was made under a heavier load, so every load counts in full
+    assert grid.UNRECORDED_LOAD == 12
     est = grid.seconds_per_member(r, "cuda", unknown=150, workers=16)
     # A: a lone run's share 120 / 12 = 10 s; a batch of 5: 200 / 5 / 8 = 5 s each
     assert est(task("A"), 1) == pytest.approx(1.25 * 16 * 10)
@@ -94,9 +86,8 @@ def test_seconds_per_member_scales_with_the_load(tmp_path):
 
 
 def test_seconds_per_member_never_below_a_records_own_time_under_a_lighter_load(tmp_path):
-    grid = load_grid()
     r = tmp_path / "results"
-    # a Fashion run recorded among 8 (435 s), the case that lost two runs in session 7
+    # a Fashion run recorded among 8 (435 s): priced at 435 / 8 x 2, it would be lost
     gpu_record(r / "main/F/paper/seed0-a.json", "F", 435.0, load=8)
     # a batch of 4 recorded alone (load 1): 100 s, 25 s a member
     gpu_record(r / "main/G/code/seed0-b.json", "G", 100.0, load=1, batch={"size": 4})
@@ -108,7 +99,6 @@ def test_seconds_per_member_never_below_a_records_own_time_under_a_lighter_load(
 
 
 def test_a_short_schedule_on_a_subset_is_not_priced_as_the_full_run(tmp_path):
-    grid = load_grid()
     r = tmp_path / "results"
     full = {"pretrain_epochs": 200, "contrastive_epochs": 100, "finetune_epochs": 50}
     short = {"pretrain_epochs": 2, "contrastive_epochs": 2, "finetune_epochs": 2}
@@ -127,7 +117,6 @@ def test_a_short_schedule_on_a_subset_is_not_priced_as_the_full_run(tmp_path):
 
 
 def test_batching_gain_borrows_from_comparable_sets_only():
-    grid = load_grid()
     shares = {
         "big1": {1: 40.0, 5: 32.0},  # 0.8
         "big2": {1: 30.0, 3: 18.0},  # 0.6
@@ -149,9 +138,6 @@ def test_batching_gain_borrows_from_comparable_sets_only():
 
 
 def test_a_run_recorded_on_another_device_is_done(tmp_path):
-    from cmmc.runner import run_key
-
-    grid = load_grid()
     r = tmp_path / "results"
     main = grid.ordered_tasks(["main"], "cuda", r, "paper")
     scal = grid.ordered_tasks(["scalability"], "cuda", r, "paper")
@@ -178,7 +164,6 @@ def batch(dataset: str, n: int) -> list[dict]:
 
 
 def test_take_caps_batches_runs_and_time():
-    grid = load_grid()
     table = {"A": 10.0, "B": 100.0}
 
     def per(t, m):
@@ -207,7 +192,6 @@ def test_take_caps_batches_runs_and_time():
 
 
 def test_take_uses_the_estimate_of_the_batch_size_it_starts():
-    grid = load_grid()
 
     def per(t, m):  # bigger batches: less time per member (as records show)
         return 100.0 if m < 5 else 50.0
@@ -219,7 +203,6 @@ def test_take_uses_the_estimate_of_the_batch_size_it_starts():
 
 
 def test_scalability_runs_largest_first(tmp_path):
-    grid = load_grid()
     tasks = grid.ordered_tasks(["scalability"], "cuda", tmp_path, "paper")
     first = tasks[0]
     assert first["dataset"] == "synthetic" and first["data"]["n_samples"] == 100_000
@@ -228,7 +211,6 @@ def test_scalability_runs_largest_first(tmp_path):
 
 
 def test_simulate_plays_the_call_by_hand():
-    grid = load_grid()
     per = {"A": 10.0, "B": 100.0}  # seconds a member, whatever the batch size
 
     def group(ds, m):
@@ -251,3 +233,28 @@ def test_simulate_plays_the_call_by_hand():
     plan, left = run(25)
     assert plan == [(0, 20, "A", 2), (0, 10, "A", 1), (10, 20, "A", 1)]
     assert [(g[0]["dataset"], len(g)) for g in left] == [("B", 2)]
+
+
+DATA = Path(os.environ.get("CMMC_DATA_DIR", Path(__file__).resolve().parents[1] / "data"))
+
+
+@pytest.mark.skipif(not (DATA / "synthetic3d.mat").exists(), reason="no synthetic3d.mat")
+def test_run_within_limit_runs_what_fits_and_leaves_the_rest(tmp_path, monkeypatch):
+    from cmmc.experiments import plan
+
+    monkeypatch.setenv("CMMC_DATA_DIR", str(DATA))
+    tasks = plan("baselines", datasets=["Synthetic3d"], seeds=[0, 1, 2], profile="quick",
+                 results_dir=tmp_path, n_samples=48)  # fmt: skip
+    queue = [[t] for t in tasks]
+    per = {0: 1.0, 1: 1.0, 2: 10_000.0}  # the third never fits in the limit
+    started, ended = [], []
+    out = grid.run_within_limit(
+        queue, 600, lambda t, m: per[t["seed"]], workers=1, members=1, threads=1,
+        on_start=lambda g: started.append(g[0]["seed"]),
+        on_end=lambda g, s, status: ended.append((g[0]["seed"], status.split()[0])),
+    )  # fmt: skip
+    assert (out.done, out.failed, out.lost, out.left) == (2, 0, 0, 1)
+    assert started == [0, 1] and sorted(s for s, _ in ended) == [0, 1]
+    assert all(status.startswith("acc=") for _, status in ended)
+    assert [t["seed"] for g in queue for t in g] == [2]
+    assert all(Path(t["path"]).exists() for t in tasks[:2]) and not Path(tasks[2]["path"]).exists()

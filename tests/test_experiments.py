@@ -1,4 +1,5 @@
-"""Experiment runner: records, resume after a kill, stale-config safety, Dask on loopback."""
+"""Experiments: plan, records, resume after a kill, stale-config safety, Dask on loopback,
+verification, and the keys of the committed records."""
 
 import json
 import os
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from cmmc import runner
+from cmmc import experiments as ex
+from cmmc.experiments import engines, kinds, records
 
-DATA = os.environ.get("CMMC_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = os.environ.get("CMMC_DATA_DIR", str(Path(__file__).resolve().parents[1] / "data"))
 needs_data = pytest.mark.skipif(
     not (Path(DATA) / "synthetic3d.mat").exists(), reason="synthetic3d.mat not in the data dir"
 )
@@ -25,7 +27,7 @@ def _data_dir(monkeypatch):
 
 
 def tiny_plan(results, variants=("code",), seeds=(0,)):
-    return runner.plan(
+    return ex.plan(
         "main",
         datasets=["Synthetic3d"],
         seeds=list(seeds),
@@ -44,14 +46,14 @@ def test_plan_keys_change_with_configuration(tmp_path):
     assert again["key"] == code["key"]
     other_seed = tiny_plan(tmp_path, seeds=(1,))[0]
     assert other_seed["key"] != code["key"]
-    quick_vs_paper_profile = runner.plan(
+    quick_vs_paper_profile = ex.plan(
         "main", datasets=["Synthetic3d"], seeds=[0], variants=["code"], results_dir=tmp_path
     )[0]
     assert quick_vs_paper_profile["key"] != code["key"]
 
 
 def test_temperature_grid_expands_from_data(tmp_path):
-    tasks = runner.plan("temperature", datasets=["BDGP"], seeds=[0], results_dir=tmp_path)
+    tasks = ex.plan("temperature", datasets=["BDGP"], seeds=[0], results_dir=tmp_path)
     assert len(tasks) == 25
     assert {(t["config"]["tau_f"], t["config"]["tau_l"]) for t in tasks} == {
         (a, b) for a in (0.1, 0.3, 0.5, 0.7, 1.0) for b in (0.1, 0.3, 0.5, 0.7, 1.0)
@@ -59,7 +61,7 @@ def test_temperature_grid_expands_from_data(tmp_path):
 
 
 def test_pretraining_is_cached_only_where_runs_share_it(tmp_path):
-    ablation = runner.plan("ablation", datasets=["BDGP"], seeds=[0, 1], results_dir=tmp_path)
+    ablation = ex.plan("ablation", datasets=["BDGP"], seeds=[0, 1], results_dir=tmp_path)
     shared = {t["variant"] for t in ablation if t["cache_pretrain"]}
     # Every variant with the default pre-training shares it with the others of its seed; the run
     # without pre-training (0 epochs) has nothing to share.
@@ -70,34 +72,34 @@ def test_pretraining_is_cached_only_where_runs_share_it(tmp_path):
         "no_entropy",
         "no_finetune",
     }
-    one_seed = runner.plan(
+    one_seed = ex.plan(
         "ablation", datasets=["BDGP"], seeds=[0], variants=["full"], results_dir=tmp_path
     )
     assert not one_seed[0]["cache_pretrain"]
     # main: code and paper differ in the reconstruction form, so in pre-training too.
-    main = runner.plan("main", datasets=["BDGP"], seeds=[0], results_dir=tmp_path)
+    main = ex.plan("main", datasets=["BDGP"], seeds=[0], results_dir=tmp_path)
     assert [t["cache_pretrain"] for t in main] == [False, False]
 
 
 def test_unknown_experiment_and_variant_are_named(tmp_path):
     with pytest.raises(ValueError, match="unknown experiment 'mian'"):
-        runner.plan("mian", results_dir=tmp_path)
+        ex.plan("mian", results_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown variants"):
-        runner.plan("main", variants=["cod"], results_dir=tmp_path)
+        ex.plan("main", variants=["cod"], results_dir=tmp_path)
 
 
 def test_atomic_write_never_leaves_half_a_record(tmp_path):
     target = tmp_path / "r.json"
-    runner.write_json_atomic(target, {"a": 1})
+    ex.write_json_atomic(target, {"a": 1})
     with pytest.raises(TypeError):
-        runner.write_json_atomic(target, {"a": object()})
+        ex.write_json_atomic(target, {"a": object()})
     assert json.loads(target.read_text()) == {"a": 1}
 
 
 @needs_data
 def test_records_are_written_reused_and_reproducible(tmp_path, monkeypatch):
     tasks = tiny_plan(tmp_path)
-    (rec,) = runner.run_grid(tasks, progress=False)
+    (rec,) = ex.run_grid(tasks, progress=False)
     path = Path(tasks[0]["path"])
     assert path.exists()
     assert rec["metrics"].keys() == {"ACC", "NMI", "PUR", "ARI"}
@@ -108,9 +110,9 @@ def test_records_are_written_reused_and_reproducible(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a finished run was redone")
 
-    real_run_task = runner.run_task
-    monkeypatch.setattr(runner, "run_task", boom)
-    assert runner.run_grid(tasks, progress=False)[0]["key"] == rec["key"]
+    real_run_task = engines.run_task
+    monkeypatch.setattr(engines, "run_task", boom)
+    assert ex.run_grid(tasks, progress=False)[0]["key"] == rec["key"]
     # Recomputing the recorded run with its seed and configuration gives the same labels.
     again = real_run_task({**tasks[0], "path": str(tmp_path / "again.json")})
     assert again["labels_sha256"] == rec["labels_sha256"]
@@ -159,15 +161,15 @@ def test_killed_grid_resumes_without_redoing_finished_runs(tmp_path):
 @needs_data
 def test_dask_local_cluster_gives_the_same_records(tmp_path):
     pytest.importorskip("distributed")
-    local = runner.run_grid(tiny_plan(tmp_path / "local"), progress=False)
-    dask = runner.run_grid(tiny_plan(tmp_path / "dask"), engine="dask", workers=1, progress=False)
+    local = ex.run_grid(tiny_plan(tmp_path / "local"), progress=False)
+    dask = ex.run_grid(tiny_plan(tmp_path / "dask"), engine="dask", workers=1, progress=False)
     assert local[0]["key"] == dask[0]["key"]
     assert local[0]["labels_sha256"] == dask[0]["labels_sha256"]
     assert local[0]["metrics"] == dask[0]["metrics"]
 
 
 def test_scalability_subsets_never_exceed_their_set(tmp_path):
-    tasks = runner.plan("scalability", results_dir=tmp_path)
+    tasks = ex.plan("scalability", results_dir=tmp_path)
     sizes = {}
     for t in tasks:
         sizes.setdefault(t["dataset"], []).append(t["data"]["n_samples"])
@@ -175,18 +177,18 @@ def test_scalability_subsets_never_exceed_their_set(tmp_path):
     assert max(sizes["synthetic"]) == 100000  # the generated set has no limit
     too_big = {**tasks[0], "dataset": "Synthetic3d", "data": {"n_samples": 601}}
     with pytest.raises(ValueError, match="601 is more than the 600 samples of Synthetic3d"):
-        runner._load(too_big)
+        kinds.task_data(too_big)
 
 
 def test_environment_takes_the_commit_a_launcher_names(monkeypatch):
     monkeypatch.setenv("CMMC_GIT_COMMIT", "0123abc")
     monkeypatch.setenv("CMMC_GIT_DIRTY", "1")
-    env = runner.environment()
+    env = ex.environment()
     assert env["git_commit"] == "0123abc" and env["git_dirty"] is True
     monkeypatch.delenv("CMMC_GIT_COMMIT")
     monkeypatch.delenv("CMMC_GIT_DIRTY")
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    assert runner.environment()["git_commit"] == head.strip()
+    assert ex.environment()["git_commit"] == head.strip()
 
 
 def test_environment_names_the_cpu_vector_unit_the_kernels_use(monkeypatch):
@@ -202,7 +204,7 @@ def test_environment_names_the_cpu_vector_unit_the_kernels_use(monkeypatch):
         expected = "AVX2"
     else:
         expected = "DEFAULT"
-    assert runner.environment()["cpu_capability"] == expected
+    assert ex.environment()["cpu_capability"] == expected
 
 
 def test_environment_names_the_commit_of_the_start_of_the_run(monkeypatch):
@@ -210,22 +212,22 @@ def test_environment_names_the_commit_of_the_start_of_the_run(monkeypatch):
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     monkeypatch.delenv("CMMC_GIT_COMMIT", raising=False)
     monkeypatch.setenv("CMMC_GPU_SHARING", "mps")
-    monkeypatch.setattr(runner, "_RUNS_IN_PROCESS", runner._RUNS_IN_PROCESS)  # restored after
-    runner._git_state.cache_clear()
-    runner._start_run("cpu", None)
+    monkeypatch.setattr(engines, "_RUNS_IN_PROCESS", engines._RUNS_IN_PROCESS)  # restored after
+    records.git_state.cache_clear()
+    engines._start_run("cpu", None)
 
     def no_git(*args, **kwargs):  # what git says later must not matter
         raise AssertionError("git asked again at the end of the run")
 
-    monkeypatch.setattr(runner.subprocess, "run", no_git)
-    env = runner.environment()
+    monkeypatch.setattr(records.subprocess, "run", no_git)
+    env = ex.environment()
     assert env["git_commit"] == head.strip() and env["gpu_sharing"] == "mps"
 
 
 @needs_data
 def test_run_batch_writes_one_record_per_member_and_reruns_identically(tmp_path):
     def two_seeds(results):  # full Synthetic3d (a subset's data would depend on the seed)
-        return runner.plan(
+        return ex.plan(
             "main",
             datasets=["Synthetic3d"],
             seeds=[0, 1],
@@ -235,7 +237,7 @@ def test_run_batch_writes_one_record_per_member_and_reruns_identically(tmp_path)
         )
 
     tasks = two_seeds(tmp_path / "a")
-    recs = runner.run_grid(tasks, batch=2, progress=False)
+    recs = ex.run_grid(tasks, batch=2, progress=False)
     assert sorted(r["seed"] for r in recs) == [0, 1]
     for t in tasks:
         rec = json.loads(Path(t["path"]).read_text())
@@ -243,13 +245,13 @@ def test_run_batch_writes_one_record_per_member_and_reruns_identically(tmp_path)
         assert [m["seed"] for m in rec["batch"]["members"]] == [0, 1]
         assert rec["key"] == t["key"] and len(rec["multilevel"]) == 3
         assert rec["metrics"]["PUR"] >= rec["metrics"]["ACC"]
-    for a, b in zip(recs, runner.run_batch(two_seeds(tmp_path / "b")), strict=True):
+    for a, b in zip(recs, ex.run_batch(two_seeds(tmp_path / "b")), strict=True):
         assert a["labels_sha256"] == b["labels_sha256"] and a["metrics"] == b["metrics"]
 
 
 @needs_data
 def test_verify_recomputes_a_record_and_its_batch(tmp_path):
-    tasks = runner.plan(
+    tasks = ex.plan(
         "main",
         datasets=["Synthetic3d"],
         seeds=[0, 1],
@@ -257,9 +259,9 @@ def test_verify_recomputes_a_record_and_its_batch(tmp_path):
         profile="quick",
         results_dir=tmp_path / "results",
     )
-    runner.run_grid(tasks, batch=2, progress=False)
+    ex.run_grid(tasks, batch=2, progress=False)
     second = Path(tasks[1]["path"])
-    verdict = runner.verify_record(second, tmp_path / "scratch")
+    verdict = ex.verify_record(second, tmp_path / "scratch")
     assert verdict["batch_seeds"] == [0, 1]  # recomputed with its whole batch
     assert verdict["same"] and verdict["same_labels"]
     assert verdict["machine"] is None  # recomputed on the machine that made it
@@ -270,25 +272,25 @@ def test_verify_recomputes_a_record_and_its_batch(tmp_path):
     forged = tmp_path / "forged" / second.name
     forged.parent.mkdir()
     forged.write_text(json.dumps(rec))
-    forged_verdict = runner.verify_record(forged, tmp_path / "scratch2")
+    forged_verdict = ex.verify_record(forged, tmp_path / "scratch2")
     assert not forged_verdict["same"] and not forged_verdict["same_labels"]
     # a record whose configuration was edited no longer matches its key
     rec["config"]["lr"] = 0.5
     forged.write_text(json.dumps(rec))
     with pytest.raises(ValueError, match="key"):
-        runner.verify_record(forged, tmp_path / "scratch3")
+        ex.verify_record(forged, tmp_path / "scratch3")
     with pytest.raises(FileNotFoundError, match="no such file"):
-        runner.verify_record(tmp_path / "nothing.json", tmp_path / "scratch4")
+        ex.verify_record(tmp_path / "nothing.json", tmp_path / "scratch4")
 
 
 @needs_data
 def test_verify_command_on_a_baseline_record(tmp_path, capsys):
     from cmmc.cli import main
 
-    tasks = runner.plan(
+    tasks = ex.plan(
         "baselines", datasets=["Synthetic3d"], seeds=[3], profile="quick", results_dir=tmp_path
     )
-    runner.run_grid(tasks, progress=False)
+    ex.run_grid(tasks, progress=False)
     assert main(["verify", tasks[0]["path"], "--scratch", str(tmp_path / "s")]) == 0
     verdict = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert verdict["same"] and verdict["same_labels"] is None  # baselines keep no label hash
@@ -319,9 +321,9 @@ def test_record_text_round_trips_and_keeps_one_epoch_per_line():
         "note": 'a "quoted" \u00e9 text',
         "nested": {"a": [1, 2, {"b": None}]},
     }
-    text = runner.dumps_record(rec)
+    text = ex.dumps_record(rec)
     # independent: what the standard library makes of the same object
-    assert json.loads(text) == json.loads(json.dumps(rec, default=runner._jsonable))
+    assert json.loads(text) == json.loads(json.dumps(rec, default=records._jsonable))
     lines = text.splitlines()
     assert sum(line.strip().startswith('{"epoch":') for line in lines) == 3
     assert len(lines) == len(rec) + 2 + len(history) + 1  # braces, the rows and their "]"
@@ -329,14 +331,14 @@ def test_record_text_round_trips_and_keeps_one_epoch_per_line():
 
 @needs_data
 def test_verify_reruns_a_batch_the_way_it_shared_pretraining(tmp_path):
-    cells = runner.plan(
+    cells = ex.plan(
         "temperature", datasets=["Synthetic3d"], seeds=[0], profile="quick", results_dir=tmp_path
     )[:2]  # two temperature cells of seed 0: one pre-training between them
-    recs = runner.run_batch(cells)
+    recs = ex.run_batch(cells)
     assert [r["batch"]["shared_pretraining"] for r in recs] == [True, True]
     pre = [[h for h in r["history"] if h["phase"] == "pretrain"] for r in recs]
     assert pre[0] == pre[1]  # computed once, copied to both
-    verdict = runner.verify_record(cells[1]["path"], tmp_path / "scratch")
+    verdict = ex.verify_record(cells[1]["path"], tmp_path / "scratch")
     assert verdict["same"] and verdict["batch_seeds"] == [0, 0]
     rerun = json.loads(Path(verdict["rerun"]).read_text())
     assert rerun["batch"]["shared_pretraining"] is True
@@ -346,25 +348,182 @@ def test_verify_reruns_a_batch_the_way_it_shared_pretraining(tmp_path):
     legacy = tmp_path / "legacy" / Path(cells[1]["path"]).name
     legacy.parent.mkdir()
     legacy.write_text(json.dumps(old))
-    verdict = runner.verify_record(legacy, tmp_path / "scratch2")
+    verdict = ex.verify_record(legacy, tmp_path / "scratch2")
     assert json.loads(Path(verdict["rerun"]).read_text())["batch"]["shared_pretraining"] is False
 
 
 def test_machine_difference_names_what_changes_rounding():
     avx2 = {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "torch": "2.13.0+cpu", "gpu": None}
     avx512 = {**avx2, "cpu_capability": "AVX512"}
-    assert runner.machine_difference(avx2, dict(avx2), "cpu") is None
+    assert ex.machine_difference(avx2, dict(avx2), "cpu") is None
     assert (
-        runner.machine_difference(avx2, avx512, "cpu")
-        == "cpu_capability: recorded AVX2, here AVX512"
+        ex.machine_difference(avx2, avx512, "cpu") == "cpu_capability: recorded AVX2, here AVX512"
     )
     old = {k: v for k, v in avx2.items() if k != "cpu_capability"}  # before the field existed
-    assert runner.machine_difference(old, avx512, "cpu") == (
+    assert ex.machine_difference(old, avx512, "cpu") == (
         "the record does not name its cpu_capability; here cpu_capability AVX512"
     )
     # on a GPU the CPU's vector unit does not matter, the GPU does
     h100 = {**avx2, "gpu": "NVIDIA H100 80GB HBM3"}
-    assert runner.machine_difference(h100, {**h100, "cpu_capability": "AVX512"}, "cuda") is None
-    assert runner.machine_difference(h100, {**h100, "gpu": "NVIDIA H200"}, "cuda:0") == (
+    assert ex.machine_difference(h100, {**h100, "cpu_capability": "AVX512"}, "cuda") is None
+    assert ex.machine_difference(h100, {**h100, "gpu": "NVIDIA H200"}, "cuda:0") == (
         "gpu: recorded NVIDIA H100 80GB HBM3, here NVIDIA H200"
     )
+
+
+def test_dedupe_counts_a_run_once_across_devices_but_not_scalability():
+    def rec(kind, device, finished, seed=0, variant="code"):
+        return {"experiment": "x", "kind": kind, "dataset": "D", "variant": variant,
+                "seed": seed, "profile": "paper", "n_samples": 100, "device": device,
+                "finished": finished}  # fmt: skip
+
+    runs = [
+        rec("cmmc", "cuda", "2026-01-02"),
+        rec("cmmc", "cpu", "2026-01-03"),  # the same run, later, on the CPU
+        rec("cmmc", "cpu", "2026-01-01", seed=1),
+        rec("scalability", "cuda", "2026-01-02", variant="n100"),
+        rec("scalability", "cpu", "2026-01-03", variant="n100"),  # its device is measured
+    ]
+    kept = ex.dedupe(runs)
+    cmmc = [r for r in kept if r["kind"] == "cmmc"]
+    assert sorted((r["seed"], r["device"]) for r in cmmc) == [(0, "cpu"), (1, "cpu")]
+    scal = [r for r in kept if r["kind"] == "scalability"]
+    assert sorted(r["device"] for r in scal) == ["cpu", "cuda"]
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def test_every_committed_record_rebuilds_to_its_key_and_path():
+    # The keys stored in the committed records were computed by the code that made them: the
+    # task rebuilt from each record (each member of its batch) must hash to the same key, and
+    # the record must lie where record_path puts that task.
+    paths = sorted(RESULTS.rglob("seed*-*.json"))
+    if not paths:
+        pytest.skip("no committed records")
+    n_members = 0
+    for p in paths:
+        rec = json.loads(p.read_text())
+        tasks = ex.rebuild_tasks(rec)
+        for t in tasks:
+            assert t["key"] == t["recorded_key"], (p, t["seed"])
+        n_members += len(tasks)
+        own = next(t for t in tasks if t["key"] == rec["key"])
+        assert ex.record_path(RESULTS, own) == p
+    assert n_members >= len(paths)
+
+
+def test_kinds_are_data_that_the_engines_read(tmp_path):
+    assert {k: (v.batchable, v.fresh_process, v.device_in_identity, v.uses_config)
+            for k, v in ex.KINDS.items()} == {
+        "cmmc": (True, False, False, True),
+        "tsne": (False, False, False, True),
+        "scalability": (False, True, True, True),
+        "baselines": (False, False, False, False),
+    }  # fmt: skip
+    (full,) = ex.plan("main", datasets=["BDGP"], seeds=[0], variants=["code"], results_dir=tmp_path)
+    assert ex.batchable(full)
+    assert not ex.batchable({**full, "data": {"n_samples": 100}})  # a subset depends on the seed
+    assert not ex.batchable({**full, "dataset": "synthetic", "data": {}})  # generated: too
+    (base,) = ex.plan("baselines", datasets=["BDGP"], seeds=[0], results_dir=tmp_path)
+    assert not ex.batchable(base)
+    # a kind that ignores its configuration keeps its key when the configuration changes
+    changed = {**base, "config": {**base["config"], "lr": 1.0}}
+    assert ex.run_key(changed) == base["key"]
+    assert ex.run_key({**full, "config": {**full["config"], "lr": 1.0}}) != full["key"]
+    with pytest.raises(ValueError, match="unknown experiment kind 'nope'"):
+        ex.run_key({**full, "kind": "nope"})
+
+
+def test_batches_group_members_of_one_configuration(tmp_path):
+    cells = ex.plan("temperature", datasets=["BDGP"], seeds=[0, 1], results_dir=tmp_path)
+    groups = ex.batches(cells, 10)
+    assert [len(g) for g in groups] == [10, 10, 10, 10, 10]
+    for g in groups:  # they differ only in seed and temperatures
+        assert len({ex.batch_key(t) for t in g}) == 1
+    main = ex.plan("main", datasets=["BDGP"], seeds=[0, 1], results_dir=tmp_path)
+    assert sorted(len(g) for g in ex.batches(main, 10)) == [2, 2]  # code and paper apart
+    assert [len(g) for g in ex.batches(main, 1)] == [1, 1, 1, 1]
+
+
+@needs_data
+def test_ensure_records_computes_a_quick_plan_once_and_lists_what_is_missing(tmp_path):
+    quick = {"datasets": ["Synthetic3d"], "seeds": [0, 1], "n_samples": 48}
+    recs, info = ex.ensure_records("baselines", tmp_path, "quick", quick_kwargs=quick)
+    assert info["computed"] == 2 and info["found"] == 0 and info["missing"] == []
+    assert sorted(r["seed"] for r in recs) == [0, 1] and info["profiles"] == ["quick"]
+    again, info = ex.ensure_records("baselines", tmp_path, "quick", quick_kwargs=quick)
+    assert info["computed"] == 0 and info["found"] == 2
+    assert [r["key"] for r in again] == [r["key"] for r in recs]
+    # the paper profile computes nothing on its own: its records are missing, the quick ones shown
+    paper = {"datasets": ["Synthetic3d"], "seeds": [0]}
+    shown, info = ex.ensure_records("baselines", tmp_path, "paper", paper_kwargs=paper)
+    assert info["computed"] == 0 and info["planned"] == 1 and info["profiles"] == ["quick"]
+    assert info["missing"] == [{"dataset": "Synthetic3d", "variant": "default", "seed": 0}]
+    assert len(shown) == 2
+
+
+def test_errata_correct_the_records_they_name_and_only_those(tmp_path):
+    def record(name, started, **env):
+        path = tmp_path / "results" / "main" / "D" / "code" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rec = {"device": "cpu", "started": started, "environment": {"cpu": "EPYC", **env}}
+        path.write_text(json.dumps(rec))
+        return path, rec
+
+    old, old_rec = record("seed0-a.json", "2026-01-01T10:00:00+00:00")  # lacks the field
+    new, new_rec = record("seed1-b.json", "2026-01-03T10:00:00+00:00")  # lacks it, too late
+    named, named_rec = record("seed2-c.json", "2026-01-01T10:00:00+00:00", cpu_capability="AVX")
+    (tmp_path / "results" / "errata.toml").write_text(
+        """
+[[erratum]]
+date = 2026-01-05
+records = ["results/main/**/seed*-*.json"]
+where = { device = "cpu" }
+started_before = 2026-01-02T00:00:00Z
+field = "environment.cpu_capability"
+correction = "AVX2"
+reason = "made on the AVX2 machine"
+
+[[erratum]]
+date = 2026-01-05
+records = ["results/main/D/code/seed2-*.json"]
+field = "environment.cpu_capability"
+recorded = "AVX"
+correction = "AVX512"
+reason = "misnamed"
+"""
+    )
+    errata = ex.load_errata(tmp_path / "results" / "errata.toml", tmp_path)
+    assert len(errata) == 2 and ex.load_errata(tmp_path / "none.toml", tmp_path) == []
+    fixed = ex.corrected(old_rec, old, errata)
+    assert fixed["environment"] == {"cpu": "EPYC", "cpu_capability": "AVX2"}
+    assert "cpu_capability" not in old_rec["environment"]  # the record itself is left as it is
+    assert ex.corrected(new_rec, new, errata) == new_rec  # started after the range
+    assert ex.corrected(named_rec, named, errata)["environment"]["cpu_capability"] == "AVX512"
+    gpu = {**old_rec, "device": "cuda"}
+    assert ex.errata_for(gpu, old, errata) == []  # `where` does not hold
+    assert ex.field_value(named_rec, "environment.cpu_capability") == "AVX"
+    assert ex.field_value(named_rec, "environment.cpu_capability.x") is None
+
+
+@needs_data
+def test_a_shared_pretraining_is_cached_and_continues_exactly(tmp_path):
+    def two_variants(results):  # they share their pre-training (same fields, data and seed)
+        return ex.plan("ablation", datasets=["Synthetic3d"], seeds=[0], profile="quick",
+                       variants=["full", "no_entropy"], results_dir=results, n_samples=48)  # fmt: skip
+
+    tasks = two_variants(tmp_path / "a")
+    assert [t["cache_pretrain"] for t in tasks] == [True, True]
+    first, second = (ex.run_task(t) for t in tasks)
+    assert not first["pretrain_from_cache"] and second["pretrain_from_cache"]
+    assert list((tmp_path / "a" / ".cache").rglob("*.pt"))
+    alone = ex.run_task({**two_variants(tmp_path / "b")[1], "cache_pretrain": False})
+    assert not alone["pretrain_from_cache"]
+    assert alone["labels_sha256"] == second["labels_sha256"]
+    assert alone["metrics"] == second["metrics"]
+
+    def losses(rec):  # the history without its times
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in rec["history"]]
+
+    assert losses(alone) == losses(second)

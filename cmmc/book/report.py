@@ -1,22 +1,17 @@
-"""Helpers of the book's experiment pages: records -> DataFrames, summaries, published numbers.
+"""Display helpers of the book's pages: records -> DataFrames, summaries, tables, published
+numbers, verdicts.
 
-Every experiment page follows the same pattern::
+Only the book imports this module (it needs pandas and IPython: the ``book`` extra); the pages
+get their records from :func:`cmmc.experiments.ensure_records`::
 
-    records, info = ensure_records("main", RESULTS, profile, rerun, quick_kwargs={...})
-    df = records_frame(records)
-    table = summary_table(df, by=["dataset", "variant"])
-
-``ensure_records`` reads the records of an experiment from the results directory and computes
-them (``cmmc.runner.plan`` + ``run_grid``) when the reader asks for it (``rerun``) or, in the
-``quick`` profile, when none are there. In the ``paper`` profile it never starts hours of
-computation on its own: it shows what exists and lists what is missing.
+    records, info = experiments.ensure_records("main", RESULTS, profile, rerun, quick, paper)
+    df = report.records_frame(records)
+    table = report.summary_table(df, by=["dataset", "variant"])
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import os
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -24,225 +19,78 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from IPython.display import HTML
 
+from cmmc.data import get_spec
 from cmmc.metrics import METRIC_KEYS, check_metrics
 
 METRICS: tuple[str, ...] = tuple(METRIC_KEYS)
-_ROOT = Path(__file__).resolve().parents[1]
-PUBLISHED_PATH = _ROOT / "data" / "published.toml"
-# Identity of one run, whatever its key: later records of the same identity replace earlier ones.
-# The device is part of it only where the device is what is measured (scalability); elsewhere
-# the same run recorded on the CPU and on a GPU is one run, counted once.
-IDENTITY = ("experiment", "dataset", "variant", "seed", "profile", "n_samples", "device")
+_CHECKOUT = Path(__file__).resolve().parents[2]  # the source checkout holding cmmc/ and book/
+MISSING_COLUMNS = ["dataset", "variant", "seed"]
 
 
 # --------------------------------------------------------------------------------------------
 # Locations
 # --------------------------------------------------------------------------------------------
 def find_root(start: str | Path | None = None) -> Path:
-    """The repository root (the folder holding ``cmmc/experiments.toml``), from ``start`` up."""
+    """The repository root (the folder holding ``cmmc/experiments.toml`` and ``book/``), from
+    ``start`` (default: the working directory) up.
+
+    Used by: :func:`resolve_results`, :func:`load_published`.
+    """
     here = Path(start or Path.cwd()).resolve()
     for p in [here, *here.parents]:
         if (p / "cmmc" / "experiments.toml").exists() and (p / "book").is_dir():
             return p
-    return _ROOT
+    return _CHECKOUT
 
 
 def resolve_results(results_dir: str | Path, root: str | Path | None = None) -> Path:
-    """``results_dir`` as an absolute path; a relative one is relative to ``root/book``."""
+    """``results_dir`` as an absolute path; a relative one is relative to ``root/book``.
+
+    Used by: book/reproduction.md.
+    """
     p = Path(results_dir)
     if not p.is_absolute():
         p = (Path(root or find_root()) / "book" / p).resolve()
     return p
 
 
-def use_data_dir(data_dir: str | Path | None) -> str | None:
-    """Point ``CMMC_DATA_DIR`` at ``data_dir`` when given; returns the directory in use."""
-    if data_dir:
-        os.environ["CMMC_DATA_DIR"] = str(Path(data_dir).resolve())
-    return os.environ.get("CMMC_DATA_DIR")
-
-
 # --------------------------------------------------------------------------------------------
 # Records
 # --------------------------------------------------------------------------------------------
-def _ident(rec: Mapping[str, Any]) -> tuple:
-    keys = IDENTITY if rec.get("kind") == "scalability" else IDENTITY[:-1]
-    return tuple(str(rec.get(k)) for k in keys)
+def _missing_frame(missing: Iterable[Mapping[str, Any]] | pd.DataFrame | None) -> pd.DataFrame:
+    if isinstance(missing, pd.DataFrame):
+        return missing
+    return pd.DataFrame(list(missing or []), columns=MISSING_COLUMNS)
 
 
-def dedupe(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One record per run identity (experiment, dataset, variant, seed, profile, N; and the
-    device for scalability runs, which measure it).
+def missing_summary(missing: Iterable[Mapping[str, Any]] | pd.DataFrame | None) -> pd.DataFrame:
+    """Missing runs (``info["missing"]`` of :func:`cmmc.experiments.ensure_records`) grouped:
+    dataset, variant -> which seeds.
 
-    A run recorded twice (before and after a configuration change, or on two devices) keeps
-    its latest record, so tables never count one seed twice.
+    Used by: book/exp_main.md, :func:`missing_details`.
     """
-    best: dict[tuple, dict[str, Any]] = {}
-    for r in records:
-        k = _ident(r)
-        if k not in best or str(r.get("finished", "")) >= str(best[k].get("finished", "")):
-            best[k] = dict(r)
-    return sorted(best.values(), key=lambda r: _ident(r))
-
-
-def with_sizes(
-    tasks: Sequence[dict[str, Any]], sizes: Sequence[int], results_dir: str | Path
-) -> list[dict[str, Any]]:
-    """Scalability tasks for other sample sizes than ``experiments.toml`` lists.
-
-    Keys and paths are those ``cmmc reproduce`` would give the same sizes, so records are shared.
-    """
-    from cmmc.runner import record_path, run_key
-
-    out, seen = [], set()
-    for t in tasks:
-        base = str(t["variant"]).rsplit("-n", 1)[0]
-        ident = (t["dataset"], base, t["seed"])
-        if ident in seen:
-            continue
-        seen.add(ident)
-        for n in sizes:
-            nt = copy.deepcopy(t)
-            nt["data"]["n_samples"] = int(n)
-            nt["variant"] = f"{base}-n{int(n)}"
-            nt["key"] = run_key(nt)
-            nt["path"] = str(record_path(results_dir, nt))
-            out.append(nt)
-    return out
-
-
-def plan_tasks(
-    experiment: str,
-    results_dir: str | Path,
-    profile: str,
-    device: str = "cpu",
-    datasets: Sequence[str] | None = None,
-    seeds: Iterable[int] | int | None = None,
-    variants: Sequence[str] | None = None,
-    n_samples: int | None = None,
-    sizes: Sequence[int] | None = None,
-) -> list[dict[str, Any]]:
-    """``cmmc.runner.plan`` with an int ``seeds`` meaning 0..seeds-1 and optional ``sizes``."""
-    from cmmc.runner import plan
-
-    if isinstance(seeds, int):
-        seeds = range(seeds)
-    tasks = plan(
-        experiment,
-        datasets=datasets,
-        seeds=seeds,
-        variants=variants,
-        profile=profile,
-        device=device,
-        results_dir=results_dir,
-        n_samples=n_samples,
-    )
-    if sizes is not None:
-        tasks = with_sizes(tasks, sizes, results_dir)
-    return tasks
-
-
-def ensure_records(
-    experiment: str,
-    results_dir: str | Path,
-    profile: str,
-    rerun: bool = False,
-    quick_kwargs: Mapping[str, Any] | None = None,
-    paper_kwargs: Mapping[str, Any] | None = None,
-    device: str = "cpu",
-    workers: int = 1,
-    compute_missing: bool | None = None,
-    progress: bool = False,
-    isolate: bool = False,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Records of ``experiment`` under ``results_dir``, computed when needed.
-
-    The plan is ``quick_kwargs`` (datasets, seeds, variants, n_samples, sizes) in the quick
-    profile and ``paper_kwargs`` (default: everything of ``experiments.toml``) otherwise.
-    Computation happens when ``rerun`` is true (runs of the plan without a record are computed;
-    a run whose record exists is the same computation and keeps its record) or when no record
-    of the experiment exists and ``compute_missing`` (default: only in the quick profile).
-
-    Returns ``(records, info)``: the records of the page's profile when there are any (else all
-    records found), de-duplicated; ``info`` has ``computed`` (number of runs computed now),
-    ``found`` (records found before), ``profiles`` (profiles of the returned records),
-    ``planned`` (runs in the plan) and ``missing`` (a DataFrame of planned runs without a record).
-
-    ``isolate`` runs every task alone in a fresh process with all cores' threads (one after the
-    other): the record's peak memory is then that run's own (``ru_maxrss`` is a per-process
-    maximum, so runs sharing a process would report the largest so far).
-    """
-    from cmmc.runner import load_records, run_grid
-
-    results_dir = Path(results_dir)
-    kwargs = dict(quick_kwargs or {}) if profile == "quick" else dict(paper_kwargs or {})
-    if compute_missing is None:
-        compute_missing = profile == "quick"
-    tasks = plan_tasks(experiment, results_dir, profile, device=device, **kwargs)
-    found = dedupe(load_records(results_dir, experiment))
-    computed = 0
-    if rerun or (not found and compute_missing):
-        todo = [t for t in tasks if not Path(t["path"]).exists()]
-        computed = len(todo)
-        if todo and isolate:
-            run_isolated(todo)
-        elif todo:
-            run_grid(tasks, workers=workers, progress=progress)
-    records = dedupe(load_records(results_dir, experiment))
-    mine = [r for r in records if r.get("profile") == profile]
-    chosen = mine if mine else records
-    # A planned run counts as done only with a record of the plan's own profile.
-    have = {(r["dataset"], str(r["variant"]), int(r["seed"])) for r in mine}
-    missing = [
-        {"dataset": t["dataset"], "variant": t["variant"], "seed": t["seed"]}
-        for t in tasks
-        if (t["dataset"], str(t["variant"]), int(t["seed"])) not in have
-    ]
-    info = {
-        "computed": computed,
-        "found": len(found),
-        "profiles": sorted({str(r.get("profile")) for r in chosen}),
-        "planned": len(tasks),
-        "missing": pd.DataFrame(missing, columns=["dataset", "variant", "seed"]),
-        "plan_profile": profile,
-    }
-    return chosen, info
-
-
-def run_isolated(tasks: Sequence[dict[str, Any]], threads: int | None = None) -> list[dict]:
-    """Run each task in its own fresh (spawned) process, one after the other."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    from cmmc.runner import _worker_init, run_task
-
-    threads = threads or os.cpu_count() or 1
-    out = []
-    for t in tasks:
-        with ProcessPoolExecutor(
-            1, mp_context=mp.get_context("spawn"), initializer=_worker_init, initargs=(threads,)
-        ) as pool:
-            out.append(pool.submit(run_task, t).result())
-    return out
-
-
-def missing_summary(missing: pd.DataFrame) -> pd.DataFrame:
-    """Missing runs grouped: dataset, variant -> how many seeds and which."""
-    if missing is None or missing.empty:
+    missing = _missing_frame(missing)
+    if missing.empty:
         return pd.DataFrame(columns=["dataset", "variant", "missing seeds"])
     g = missing.groupby(["dataset", "variant"], sort=False)["seed"]
     out = g.apply(lambda s: ", ".join(str(x) for x in sorted(s))).rename("missing seeds")
     return out.reset_index()
 
 
-def missing_details(missing: pd.DataFrame, what: str = "planned run(s)"):
+def missing_details(
+    missing: Iterable[Mapping[str, Any]] | pd.DataFrame | None, what: str = "planned run(s)"
+) -> HTML:
     """The runs without a record as a collapsed HTML list (``<details>``): a page with many
-    missing runs still opens on its results. Grouped by :func:`missing_summary`."""
-    from IPython.display import HTML
+    missing runs still opens on its results. Grouped by :func:`missing_summary`.
 
+    Used by: book/exp_main.md, exp_ablation.md, exp_convergence.md, exp_scalability.md,
+    exp_temperature.md, exp_views.md.
+    """
+    missing = _missing_frame(missing)
     table = missing_summary(missing)
-    n = 0 if missing is None else len(missing)
+    n = len(missing)
     inner = table.to_html(index=False, classes="table", border=0)
     return HTML(
         f"<details><summary>{n} {what} without a record: show which</summary>{inner}</details>"
@@ -250,7 +98,11 @@ def missing_details(missing: pd.DataFrame, what: str = "planned run(s)"):
 
 
 def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per record: identity, metrics, losses, time and memory."""
+    """One row per record: identity, metrics, losses, time and memory.
+
+    Used by: book/exp_main.md, exp_ablation.md, exp_temperature.md, exp_views.md,
+    reproducibility.md, :func:`provenance`.
+    """
     rows = []
     for r in records:
         row = {k: r.get(k) for k in ("experiment", "kind", "dataset", "variant", "seed")}
@@ -287,7 +139,11 @@ def records_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def provenance(records: Sequence[Mapping[str, Any]]) -> str:
-    """One sentence on what produced ``records``: profiles, seeds, sample sizes, devices."""
+    """One sentence on what produced ``records``: profiles, seeds, sample sizes, devices.
+
+    Used by: book/exp_main.md, exp_ablation.md, exp_convergence.md, exp_multilevel.md,
+    exp_scalability.md, exp_temperature.md, exp_tsne.md, exp_views.md, reproducibility.md.
+    """
     if not records:
         return "no records"
     df = records_frame(records)
@@ -309,7 +165,7 @@ def provenance(records: Sequence[Mapping[str, Any]]) -> str:
     batched = int((df["batch_size"] > 1).sum())
     batch_text = (
         f"; {batched} of them trained in batches of {_ranges(sorted(df.batch_size[df.batch_size > 1].unique()))}"
-        " runs at once (cmmc.batched)"
+        " runs at once (stacked: cmmc.train.Trainer.for_members)"
         if batched
         else ""
     )
@@ -340,7 +196,11 @@ def _ranges(values: Sequence[int]) -> str:
 def summarize(
     df: pd.DataFrame, by: Sequence[str] = ("dataset", "variant"), metrics: Sequence[str] = METRICS
 ) -> pd.DataFrame:
-    """Per group: n and, per metric, mean, std (ddof=1; NaN for one run), median, best."""
+    """Per group: n and, per metric, mean, std (ddof=1; NaN for one run), median, best.
+
+    Used by: book/exp_main.md, exp_ablation.md, exp_multilevel.md, exp_temperature.md,
+    exp_views.md, reproducibility.md, :func:`summary_table`.
+    """
     by = list(by)
     rows = []
     for keys, g in df.groupby(by, sort=False, dropna=False):
@@ -358,21 +218,30 @@ def summarize(
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
-    """A number with ``digits`` decimals, "–" for a missing one."""
+    """A number with ``digits`` decimals, "–" for a missing one.
+
+    Used by: book/reproducibility.md, :func:`summary_table`.
+    """
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
     return f"{x:.{digits}f}"
 
 
 def fmt_published(x: float | None) -> str:
-    """A published number as published (no added or dropped digits), "–" when missing."""
+    """A published number as published (no added or dropped digits), "–" when missing.
+
+    Used by: book/exp_main.md, reproducibility.md.
+    """
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
     return f"{x:g}"
 
 
 def fmt_mean_std(mean: float, std: float, digits: int = 3) -> str:
-    """ "0.912 ± 0.010" (just the mean when the spread is unknown)."""
+    """ "0.912 ± 0.010" (just the mean when the spread is unknown).
+
+    Used by: book/exp_main.md, reproducibility.md, :func:`summary_table`.
+    """
     if mean is None or not math.isfinite(mean):
         return "–"
     if std is None or not math.isfinite(std):
@@ -389,7 +258,10 @@ def summary_table(
     devices: bool = False,
 ) -> pd.DataFrame:
     """Display table of strings: per group, n and per metric the chosen statistics; with
-    ``devices``, which devices computed the group's runs (:func:`device_counts`)."""
+    ``devices``, which devices computed the group's runs (:func:`device_counts`).
+
+    Used by: book/exp_main.md, exp_ablation.md, exp_multilevel.md, exp_views.md.
+    """
     s = summarize(df, by, metrics)
     out = s[list(by)].copy()
     out["n"] = s["n"]
@@ -410,7 +282,10 @@ def summary_table(
 
 def device_counts(devices: Iterable[str]) -> str:
     """The devices of a group's runs: the name when one device computed them all, else the runs
-    per device ("cpu 4, cuda 6"): such a group mixes two streams of random numbers."""
+    per device ("cpu 4, cuda 6"): such a group mixes two streams of random numbers.
+
+    Used by: :func:`summary_table` (``devices=True``).
+    """
     counts = pd.Series([str(d) for d in devices]).value_counts().sort_index()
     if len(counts) == 1:
         return str(counts.index[0])
@@ -425,6 +300,8 @@ def label_free_pick(
     """Per group, the run a label-free rule picks: the lowest ``criterion`` (training loss).
 
     Never the best run by a label-based metric. Groups without the criterion are left out.
+
+    Used by: book/exp_main.md.
     """
     d = df.dropna(subset=[criterion])
     if d.empty:
@@ -441,6 +318,8 @@ def sanity(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     :func:`cmmc.metrics.check_metrics`. Returns one row per violation (empty: all consistent).
 
     The frame's ``attrs["checked"]`` holds the number of metric dicts checked.
+
+    Used by: book/exp_main.md.
     """
     rows, checked = [], 0
 
@@ -480,7 +359,10 @@ def sanity(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 # Baselines, multi-level
 # --------------------------------------------------------------------------------------------
 def baselines_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per (record, baseline): dataset, seed, method, metrics, seconds."""
+    """One row per (record, baseline): dataset, seed, method, metrics, seconds.
+
+    Used by: book/exp_main.md, reproducibility.md.
+    """
     rows = []
     for r in records:
         for name, m in (r.get("baselines") or {}).items():
@@ -499,7 +381,10 @@ def baselines_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def multilevel_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per (record, view, level) of the multi-level read-outs."""
+    """One row per (record, view, level) of the multi-level read-outs.
+
+    Used by: book/exp_multilevel.md.
+    """
     rows = []
     for r in records:
         names = (r.get("data") or {}).get("views") or view_names(r.get("dataset"))
@@ -522,9 +407,10 @@ def multilevel_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def view_names(dataset: str | None) -> list[str] | None:
-    """The registry's view names of a data set (None when unknown)."""
-    from cmmc.data import get_spec
+    """The registry's view names of a data set (None when unknown).
 
+    Used by: book/exp_tsne.md, :func:`multilevel_frame`.
+    """
     try:
         return list(get_spec(dataset).get("view_names") or []) or None
     except (ValueError, TypeError):
@@ -532,7 +418,10 @@ def view_names(dataset: str | None) -> list[str] | None:
 
 
 def history_frame(record: Mapping[str, Any]) -> pd.DataFrame:
-    """The per-epoch history of one record as a DataFrame."""
+    """The per-epoch history of one record as a DataFrame.
+
+    Used by: book/exp_convergence.md.
+    """
     return pd.DataFrame(record.get("history") or [])
 
 
@@ -543,8 +432,10 @@ def load_published(path: str | Path | None = None) -> tuple[pd.DataFrame, dict[s
     """``data/published.toml`` as a DataFrame (one row per published entry) plus its sources.
 
     Columns: method, dataset, source, cite, what, short, ACC, NMI, PUR, ARI, note.
+
+    Used by: book/exp_main.md, exp_views.md, reproducibility.md.
     """
-    with open(path or PUBLISHED_PATH, "rb") as f:
+    with open(path or find_root() / "data" / "published.toml", "rb") as f:
         pub = tomllib.load(f)
     sources = pub.get("sources", {})
     rows = []
@@ -566,11 +457,16 @@ def load_published(path: str | Path | None = None) -> tuple[pd.DataFrame, dict[s
 
 
 def cite_role(key: str) -> str:
-    """The MyST inline role citing ``key`` (empty string for no key)."""
+    """The MyST inline role citing ``key`` (empty string for no key).
+
+    Used by: book/exp_main.md, reproducibility.md.
+    """
     return f"{{cite}}`{key}`" if key else ""
 
 
-MIN_SEEDS = 3  # fewer seeds than this: no verdict (one run's std says nothing about the spread)
+# Fewer seeds than this: no verdict (one run's std says nothing about the spread).
+# Used by: book/exp_main.md, reproducibility.md, :func:`verdict`.
+MIN_SEEDS = 3
 
 
 def verdict(
@@ -588,6 +484,8 @@ def verdict(
     to three decimals; a missing std counts as 0); otherwise exceed when the mean is above the
     published value, fall short when below. "not tested" when either is missing; "too few
     seeds" when ``n`` (the number of seeds behind the mean) is below ``min_n``.
+
+    Used by: book/exp_main.md, reproducibility.md.
     """
     if published is None or mean is None:
         return "not tested"
@@ -602,9 +500,10 @@ def verdict(
 
 
 def dataset_info(name: str) -> dict[str, Any]:
-    """Registry facts used by the pages: N, K, comparable_to_paper, in_paper, note."""
-    from cmmc.data import get_spec
+    """Registry facts used by the pages: N, K, comparable_to_paper, in_paper, note.
 
+    Used by: book/exp_main.md, reproducibility.md, :func:`is_full_schedule`.
+    """
     try:
         s = get_spec(name)
     except ValueError:
@@ -613,7 +512,10 @@ def dataset_info(name: str) -> dict[str, Any]:
 
 
 def is_full_schedule(df: pd.DataFrame) -> pd.Series:
-    """Rows run in the paper profile on the whole data set (the only runs that test a claim)."""
+    """Rows run in the paper profile on the whole data set (the only runs that test a claim).
+
+    Used by: book/exp_main.md, reproducibility.md.
+    """
     full_n = df["dataset"].map(lambda d: dataset_info(d)["N"])
     return (df["profile"] == "paper") & (df["n_samples"] == full_n)
 
@@ -622,7 +524,10 @@ def is_full_schedule(df: pd.DataFrame) -> pd.Series:
 # Display
 # --------------------------------------------------------------------------------------------
 def to_markdown(df: pd.DataFrame, index: bool = False) -> str:
-    """A DataFrame as a Markdown (GFM) table, cells as strings."""
+    """A DataFrame as a Markdown (GFM) table, cells as strings.
+
+    Used by: book/exp_main.md, reproducibility.md.
+    """
     d = df.reset_index() if index else df
     cols = [str(c) for c in d.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
@@ -630,10 +535,3 @@ def to_markdown(df: pd.DataFrame, index: bool = False) -> str:
         cells = [str(c).replace("|", "\\|").replace("\n", " ") for c in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def show_markdown(text: str):
-    """Display Markdown in a notebook (rendered by myst-nb, so roles such as {cite} work)."""
-    from IPython.display import Markdown, display
-
-    display(Markdown(text))
