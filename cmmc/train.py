@@ -438,6 +438,7 @@ class Trainer:
         cross_entropy = self._map(lambda q, t: L.finetune_cross_entropy(q, t, form), (0, 0))
         loss = 0.0
         for m, q in enumerate(forward(self.params, xs)):  # q: (K x) N x C
+            # The matching is host work: one CPU-GPU sync per view and step.
             preds = q.detach().float().argmax(-1).cpu().numpy().reshape(-1, self.n)
             matched = [
                 match_pseudo_labels(pred, member[m], self.k)
@@ -505,6 +506,7 @@ class Trainer:
                 v = v.detach().double()
                 totals[key] = totals[key] + v if key in totals else v
             n_batches += 1
+        # The epoch's one CPU-GPU sync: the members' mean terms as Python floats.
         means = {key: (v / max(n_batches, 1)).reshape(-1).tolist() for key, v in totals.items()}
         return [{key: means[key][i] for key in means} for i in range(len(self.gens))]
 
