@@ -20,7 +20,7 @@ import torch
 
 from cmmc import CMMC, evaluate, load_dataset, make_config
 from cmmc.model import HIDDEN
-from cmmc.train import Trainer, set_seed
+from cmmc.train import Trainer
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
@@ -60,25 +60,16 @@ def epoch_gflop(dims: list[int], n: int, batch: int, k: int, low: int = 512, hig
 
 
 def time_epochs(ds, config, seed: int, epochs: int) -> dict[str, float]:
-    set_seed(seed)
-    from cmmc.model import CMMCNetwork
-
-    xs = [torch.from_numpy(v) for v in ds.views]
-    net = CMMCNetwork(ds.dims, ds.n_clusters)
-    tr = Trainer(net, xs, ds.n_clusters, config, seed, None, progress=False)
+    tr = Trainer.for_data(ds.views, None, ds.n_clusters, config, seed, progress=False)
+    targets = [np.random.default_rng(0).integers(0, ds.n_clusters, ds.n_samples)] * ds.n_views
+    tr.pseudo_labels = [targets]  # fine-tuning steps against fixed labels (no k-means)
     out = {}
-    for phase, fn in (("pretrain", tr.pretrain_terms), ("contrastive", tr.contrastive_batch_terms)):
-        tr._minibatch_epoch(fn)  # warm-up
+    for phase in ("pretrain", "contrastive", "finetune"):
+        tr.epoch_losses(phase)  # warm-up
         t0 = time.perf_counter()
         for _ in range(epochs):
-            tr._minibatch_epoch(fn)
+            tr.epoch_losses(phase)
         out[phase] = (time.perf_counter() - t0) / epochs
-    targets = [np.random.default_rng(0).integers(0, ds.n_clusters, ds.n_samples)] * ds.n_views
-    tr.finetune_step(targets)
-    t0 = time.perf_counter()
-    for _ in range(epochs):
-        tr.finetune_step(targets)
-    out["finetune"] = (time.perf_counter() - t0) / epochs
     return out
 
 

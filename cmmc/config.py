@@ -9,6 +9,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from cmmc.losses import TERMS
+
+# The default composition, in this order (records' configurations name it); every name must be a
+# term of cmmc.losses.TERMS, which is what Config.losses is checked against.
 LOSS_TERMS = ("reconstruction", "feature", "label", "entropy")
 RECON_FORMS = ("mean", "sum")
 ENTROPY_FORMS = ("pair", "view")
@@ -66,9 +70,9 @@ class Config:
         for name in ("lr", "tau_f", "tau_l"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        unknown = set(self.losses) - set(LOSS_TERMS)
+        unknown = set(self.losses) - set(TERMS)
         if unknown:
-            raise ValueError(f"unknown loss terms {sorted(unknown)}; known: {list(LOSS_TERMS)}")
+            raise ValueError(f"unknown loss terms {sorted(unknown)}; known: {sorted(TERMS)}")
         for name, allowed in (
             ("recon_form", RECON_FORMS),
             ("entropy_form", ENTROPY_FORMS),

@@ -1,127 +1,136 @@
-"""scikit-learn style estimator around the CMMC network and trainer."""
+"""scikit-learn style estimator around the CMMC network and :class:`~cmmc.train.Trainer`."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+import numbers
+from collections.abc import Sequence
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClusterMixin
 
-from cmmc.config import Config, make_config
-from cmmc.model import CMMCNetwork
-from cmmc.train import Trainer, embed, read_out, set_seed, use_deterministic_cuda
-from cmmc.validation import check_labels, check_n_clusters, check_same_dims, check_views
+from cmmc.config import Config, config_fields
+from cmmc.train import Trainer, embed, resolve_device
+from cmmc.validation import check_same_dims, check_views
 
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """'cpu', 'cuda[:i]', or 'auto' (CUDA when available, else CPU)."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch finds no CUDA device")
-    return dev
+__all__ = ["CMMC", "resolve_device"]
 
 
-class CMMC:
+class CMMC(ClusterMixin, BaseEstimator):
     """Contrastive Multi-Modal Clustering.
 
     Parameters
     ----------
     n_clusters : number of clusters K.
-    random_state : seed fixing torch, numpy and k-means (same seed on the CPU, same labels).
-    device : "cpu" (default), "cuda" or "auto".
-    config : a :class:`~cmmc.config.Config`; keyword arguments override its fields
-        (e.g. ``pretrain_epochs=10, tau_f=0.3, losses=("feature", "label")``).
+    random_state : integer seed of the network's initialisation, the shuffles and k-means (the
+        same seed on the same CPU gives the same labels); no global generator is used or changed.
+    device : "cpu" (default), "cuda" or "auto". On a GPU, call
+        :func:`cmmc.train.use_deterministic_cuda` once first for run-to-run identical results.
+    config : a base :class:`~cmmc.config.Config` (default: ``Config()``, the official code's
+        settings and schedule).
     progress : show tqdm progress bars.
+    pretrain_epochs, contrastive_epochs, ..., precision : every :class:`~cmmc.config.Config`
+        field; ``None`` (the default) keeps the base config's value.
 
     After ``fit``: ``labels_``, ``history_`` (one dict per epoch), ``phase_seconds_``,
-    ``pseudo_labels_``, ``network_``, ``config_``.
+    ``pseudo_labels_``, ``network_``, ``config_``, ``device_``, ``dims_``. To train several seeds
+    or temperatures at once, or to stop and resume between phases, drive a
+    :class:`~cmmc.train.Trainer` and read each member with :meth:`from_trainer`.
     """
 
     def __init__(
         self,
-        n_clusters: int,
+        n_clusters: int = 8,
+        *,
         random_state: int = 0,
         device: str = "cpu",
         config: Config | None = None,
         progress: bool = True,
-        **overrides: Any,
+        pretrain_epochs: int | None = None,
+        contrastive_epochs: int | None = None,
+        finetune_epochs: int | None = None,
+        batch_size: int | None = None,
+        lr: float | None = None,
+        tau_f: float | None = None,
+        tau_l: float | None = None,
+        low_dim: int | None = None,
+        high_dim: int | None = None,
+        losses: Sequence[str] | None = None,
+        recon_form: str | None = None,
+        entropy_form: str | None = None,
+        finetune_form: str | None = None,
+        kmeans_restarts: int | None = None,
+        eval_every: int | None = None,
+        precision: str | None = None,
     ) -> None:
         self.n_clusters = n_clusters
         self.random_state = random_state
         self.device = device
         self.config = config
         self.progress = progress
-        self.overrides = overrides
+        self.pretrain_epochs = pretrain_epochs
+        self.contrastive_epochs = contrastive_epochs
+        self.finetune_epochs = finetune_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.tau_f = tau_f
+        self.tau_l = tau_l
+        self.low_dim = low_dim
+        self.high_dim = high_dim
+        self.losses = losses
+        self.recon_form = recon_form
+        self.entropy_form = entropy_form
+        self.finetune_form = finetune_form
+        self.kmeans_restarts = kmeans_restarts
+        self.eval_every = eval_every
+        self.precision = precision
 
-    def _config(self) -> Config:
-        if self.config is None:
-            return make_config(None, "paper", **self.overrides)
-        return self.config.replace(**self.overrides) if self.overrides else self.config
+    def _resolved_config(self) -> Config:
+        """The base config with every field given as a keyword replaced (validated by Config)."""
+        base = Config() if self.config is None else self.config
+        if not isinstance(base, Config):
+            raise ValueError(f"config must be a cmmc Config or None, got {type(base).__name__}")
+        changes = {f: getattr(self, f) for f in config_fields() if getattr(self, f) is not None}
+        return base.replace(**changes)
 
-    def _tensors(self, views: list[np.ndarray]) -> list[torch.Tensor]:
-        return [torch.from_numpy(v).to(self.device_) for v in views]
-
-    def fit(
-        self,
-        views: Sequence,
-        y: Sequence | None = None,
-        *,
-        pretrain_cache: str | None = None,
-        on_phase_end: Callable[[str, dict], None] | None = None,
-    ) -> CMMC:
-        """Train on ``views`` (list of N x D_m arrays). ``y`` only feeds the metric history.
-
-        ``pretrain_cache``: a file path; when it exists, training continues from the saved end of
-        pre-training (weights, Adam state, RNG), else pre-training runs and is saved there. The
-        caller must key the path by everything pre-training depends on (the runner does).
-        ``on_phase_end(phase, embedding)`` is called after each phase with the per-view z, h, q.
-        """
-        views = check_views(views)
-        n = views[0].shape[0]
-        k = check_n_clusters(self.n_clusters, n)
-        labels = None if y is None else check_labels(y, n)
-        self.config_ = self._config()
-        self.device_ = resolve_device(self.device)
-        if self.device_.type == "cuda":
-            use_deterministic_cuda()
-        set_seed(self.random_state)
-        self.dims_ = [v.shape[1] for v in views]
-        self.network_ = CMMCNetwork(self.dims_, k, self.config_.low_dim, self.config_.high_dim).to(
-            self.device_
-        )
-        xs = self._tensors(views)
-        trainer = Trainer(
-            self.network_, xs, k, self.config_, self.random_state, labels, self.progress
-        )
-        if on_phase_end is not None:
-            trainer.on_phase_end = lambda phase, tr: on_phase_end(
-                phase,
-                {k: [t.float().cpu().numpy() for t in v] for k, v in embed(tr.net, xs).items()},
-            )
-        skip = False
-        if pretrain_cache is not None:
-            path = Path(pretrain_cache)
-            if path.exists():
-                trainer.restore(torch.load(path, weights_only=False))
-                skip = True
-            else:
-                trainer.pretrain()
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(f".tmp{os.getpid()}")
-                torch.save(trainer.checkpoint(), tmp)
-                os.replace(tmp, path)  # atomic: a killed run never leaves half a checkpoint
-                skip = True
-        state = trainer.fit(skip_pretrain=skip)
-        self.history_ = state.history
-        self.phase_seconds_ = state.phase_seconds
-        self.pseudo_labels_ = state.pseudo_labels
-        self.labels_ = read_out(embed(self.network_, xs)["q"])
+    def fit(self, views: Sequence, y: Sequence | None = None) -> CMMC:
+        """Train on ``views`` (list of N x D_m arrays). ``y`` only feeds the metric history."""
+        seed = self.random_state
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise ValueError(f"random_state must be an integer seed, got {seed!r}")
+        trainer = Trainer.for_data(
+            views, y, self.n_clusters, self._resolved_config(), int(seed), self.device,
+            self.progress,
+        )  # fmt: skip
+        self._set_fitted(trainer.fit(), 0)
         return self
+
+    def _set_fitted(self, trainer: Trainer, member: int) -> None:
+        state = trainer.state_of(member)
+        labels = trainer.read_out()
+        self.config_ = trainer.configs[member]
+        self.device_ = trainer.device
+        self.dims_ = list(trainer.dims)
+        self.network_ = trainer.network(member)
+        self.history_ = list(state.history)
+        self.phase_seconds_ = dict(state.phase_seconds)
+        self.pseudo_labels_ = state.pseudo_labels
+        self.labels_ = labels[member] if trainer.stacked else labels
+
+    @classmethod
+    def from_trainer(cls, trainer: Trainer, member: int = 0) -> CMMC:
+        """A fitted estimator holding one member of ``trainer`` as it stands (its own copy of
+        the network): ``labels_``, ``history_`` (epoch ``seconds`` and ``phase_seconds_`` are the
+        whole trainer's), ``pseudo_labels_``, ``network_``, as after :meth:`fit`."""
+        model = cls(
+            trainer.k,
+            random_state=trainer.seeds[member],
+            device=str(trainer.device),
+            config=trainer.configs[member],
+            progress=trainer.progress,
+        )
+        model._set_fitted(trainer, member)
+        return model
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "network_"):
@@ -132,7 +141,7 @@ class CMMC:
         self._check_fitted()
         views = check_views(views)
         check_same_dims(views, self.dims_)
-        out = embed(self.network_, self._tensors(views))
+        out = embed(self.network_, [torch.from_numpy(v).to(self.device_) for v in views])
         return {k: [t.float().cpu().numpy() for t in v] for k, v in out.items()}
 
     def predict(self, views: Sequence) -> np.ndarray:

@@ -9,6 +9,8 @@ divided by the number of rows.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from itertools import combinations
 
 import torch
 import torch.nn.functional as F
@@ -79,3 +81,42 @@ def finetune_cross_entropy(
     if form == "ce":
         return F.nll_loss(torch.log(q.clamp_min(1e-12)), targets)
     raise ValueError(f"finetune loss form must be 'double_softmax' or 'ce', got {form!r}")
+
+
+# -- the terms of the composed objective, by name ------------------------------------------------
+# Each takes the network's output on a batch, the batch itself, the run's config (for the forms)
+# and the two temperatures, and sums over view pairs or views. ``Config.losses`` is checked
+# against this table; its order is the order in which the terms are added up.
+
+
+def _pairs(xs: list[torch.Tensor]) -> list[tuple[int, int]]:
+    return list(combinations(range(len(xs)), 2))
+
+
+def _feature_term(out, xs, config, tau_f, tau_l) -> torch.Tensor:
+    return sum(feature_contrastive(out["h"][m], out["h"][n], tau_f) for m, n in _pairs(xs))
+
+
+def _label_term(out, xs, config, tau_f, tau_l) -> torch.Tensor:
+    return sum(label_contrastive(out["q"][m], out["q"][n], tau_l) for m, n in _pairs(xs))
+
+
+def _entropy_term(out, xs, config, tau_f, tau_l) -> torch.Tensor:
+    per_view = [entropy_regulariser(q) for q in out["q"]]
+    # The code adds both views' regulariser inside every pair: view m counts M-1 times.
+    weight = len(xs) - 1 if config.entropy_form == "pair" else 1
+    return weight * sum(per_view)
+
+
+def _reconstruction_term(out, xs, config, tau_f, tau_l) -> torch.Tensor:
+    return sum(
+        reconstruction(x, xr, config.recon_form) for x, xr in zip(xs, out["xr"], strict=True)
+    )
+
+
+TERMS: dict[str, Callable[..., torch.Tensor]] = {
+    "feature": _feature_term,
+    "label": _label_term,
+    "entropy": _entropy_term,
+    "reconstruction": _reconstruction_term,
+}

@@ -1,14 +1,23 @@
 """The CMMC estimator: end-to-end learning, determinism, scikit-learn contract, bad input."""
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
 from sklearn.cluster import KMeans
+from sklearn.utils.estimator_checks import (
+    check_no_attributes_set_in_init,
+    check_parameters_default_constructible,
+)
 
 from cmmc import CMMC
-from cmmc.config import Config, make_config
+from cmmc.config import LOSS_TERMS, Config, config_fields, make_config
+from cmmc.losses import TERMS
 from cmmc.metrics import cluster_acc
 from cmmc.synthetic import make_multiview_blobs
+from cmmc.train import Trainer
 
 TINY = dict(
     pretrain_epochs=2,
@@ -18,15 +27,10 @@ TINY = dict(
     kmeans_restarts=2,
     progress=False,
 )
+TINY_CONFIG = Config(**{k: v for k, v in TINY.items() if k != "progress"})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tests share 2 cores; one torch thread avoids oversubscription stalls.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +173,76 @@ def test_cuda_request_without_cuda_is_clear(blobs):
         pytest.skip("a CUDA device is present")
     with pytest.raises(ValueError, match="no CUDA device"):
         CMMC(3, device="cuda", **TINY).fit(blobs[0])
+
+
+def test_every_setting_is_a_keyword_with_a_default():
+    """scikit-learn's own checks: default-constructible, __init__ stores only; and every Config
+    field is reachable as a keyword (None: the base config's value)."""
+    check_parameters_default_constructible("CMMC", CMMC())
+    check_no_attributes_set_in_init("CMMC", CMMC())
+    names = set(inspect.signature(CMMC).parameters)
+    assert names == {"n_clusters", "random_state", "device", "config", "progress"} | config_fields()
+    assert set(CMMC().get_params()) == names
+
+
+def test_get_params_and_clone_round_trip():
+    base = Config(tau_f=0.2, pretrain_epochs=3)
+    model = CMMC(5, random_state=3, config=base, lr=1e-3, losses=("feature",), progress=False)
+    params = model.get_params()
+    assert params["lr"] == 1e-3 and params["config"] is base and params["tau_l"] is None
+    twin = clone(model)
+    assert twin is not model and twin.get_params() == params
+    assert not hasattr(twin, "labels_")
+    model.set_params(tau_l=0.3, n_clusters=4)
+    assert model.get_params()["tau_l"] == 0.3 and model.n_clusters == 4
+
+
+def test_keywords_override_the_base_config(blobs):
+    views, y = blobs
+    base = TINY_CONFIG.replace(tau_f=0.2)
+    model = CMMC(3, config=base, tau_l=0.4, finetune_epochs=1, progress=False).fit(views, y)
+    assert model.config_ == base.replace(tau_l=0.4, finetune_epochs=1)
+    assert [r["phase"] for r in model.history_].count("finetune") == 1
+    assert CMMC(3).get_params()["config"] is None and Config() == Config(**Config().to_dict())
+    with pytest.raises(ValueError, match="random_state must be an integer"):
+        CMMC(3, random_state=None, **TINY).fit(views)
+    with pytest.raises(ValueError, match="tau_l"):
+        CMMC(3, tau_l=-1.0, **TINY).fit(views)
+
+
+def test_fit_is_idempotent_and_leaves_global_generators_alone(blobs):
+    """Fitting twice gives the same labels and losses (no state carries over from the first
+    fit), and fit neither reads nor moves numpy's or torch's global generators."""
+    views, y = blobs
+    model = CMMC(3, random_state=5, **TINY)
+    np.random.seed(123)
+    torch.manual_seed(123)
+    np_before, torch_before = np.random.get_state(), torch.get_rng_state()
+    first = model.fit(views, y).labels_.copy()
+    losses = [r["loss"] for r in model.history_]
+    np_after, torch_after = np.random.get_state(), torch.get_rng_state()
+    assert torch.equal(torch_before, torch_after)
+    assert np_before[0] == np_after[0] and np.array_equal(np_before[1], np_after[1])
+    assert np_before[2:] == np_after[2:]
+    np.random.seed(7)  # other global states: the same fit
+    torch.manual_seed(7)
+    np.testing.assert_array_equal(model.fit(views, y).labels_, first)
+    assert [r["loss"] for r in model.history_] == losses
+
+
+def test_from_trainer_gives_the_fitted_estimator(blobs):
+    views, y = blobs
+    config = TINY_CONFIG
+    tr = Trainer.for_data(views, y, 3, config, 2, progress=False).fit()
+    model = CMMC.from_trainer(tr)
+    ref = CMMC(3, random_state=2, config=config, progress=False).fit(views, y)
+    np.testing.assert_array_equal(model.labels_, ref.labels_)
+    np.testing.assert_array_equal(model.predict(views), ref.predict(views))
+    assert model.history_ == [dict(r, seconds=model.history_[i]["seconds"])
+                              for i, r in enumerate(ref.history_)]  # fmt: skip
+    assert model.random_state == 2 and model.config_ == config and model.n_clusters == 3
+    assert model.network_ is not tr.net  # its own copy: later training leaves it alone
+
+
+def test_the_loss_table_names_the_default_terms():
+    assert set(LOSS_TERMS) == set(TERMS)
