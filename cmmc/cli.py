@@ -52,8 +52,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cmmc.estimator import CMMC
     from cmmc.metrics import evaluate
 
+    # the settings first: a misspelt key is named before any data file is read or downloaded
+    config = make_config(args.dataset, args.profile, **_overrides(args.set))
     ds = load_dataset(args.dataset, views=args.views)
-    config = make_config(ds.name, args.profile, **_overrides(args.set))
     t0 = time.perf_counter()
     model = CMMC(
         ds.n_clusters,
