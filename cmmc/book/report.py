@@ -431,9 +431,10 @@ def history_frame(record: Mapping[str, Any]) -> pd.DataFrame:
 def load_published(path: str | Path | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """``data/published.toml`` as a DataFrame (one row per published entry) plus its sources.
 
-    Columns: method, dataset, source, cite, what, short, ACC, NMI, PUR, ARI, note.
+    Columns: method, dataset, source, cite, what, short, ACC, NMI, PUR, ARI, note, testable
+    (false for a source whose table was not identified: no verdict is drawn against it).
 
-    Used by: book/exp_main.md, exp_views.md, reproducibility.md.
+    Used by: book/intro.md, exp_main.md, exp_views.md, later_methods.md, reproducibility.md.
     """
     with open(path or find_root() / "data" / "published.toml", "rb") as f:
         pub = tomllib.load(f)
@@ -449,6 +450,7 @@ def load_published(path: str | Path | None = None) -> tuple[pd.DataFrame, dict[s
             "what": src.get("what", e["source"]),
             "short": src.get("short", e["source"]),
             "note": e.get("note", ""),
+            "testable": bool(src.get("testable", True)),
         }
         row.update({m: e.get(m, np.nan) for m in METRICS})
         rows.append(row)
@@ -535,3 +537,176 @@ def to_markdown(df: pd.DataFrame, index: bool = False) -> str:
         cells = [str(c).replace("|", "\\|").replace("\n", " ") for c in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Findings: one verdict per data set and published source
+# --------------------------------------------------------------------------------------------
+# The sources that test the reproduced method: the MFLVC paper's table and the later papers'
+# re-runs (the released models of the official code are a listing, not a claim of the paper).
+CLAIM_SOURCES: tuple[str, ...] = ("mflvc_table2", "gcfagg", "scmvc", "later_unidentified")
+
+# report.verdict's words as the findings table writes them.
+# Used by: book/intro.md, :func:`findings_frame`.
+FINDING_WORDS = {"match": "reproduced", "exceed": "above", "fall short": "below"}
+
+
+def untestable_reason(dataset: str, source: Mapping[str, Any] | None = None) -> str | None:
+    """Why our runs on ``dataset`` cannot be set against a published CMMC/MFLVC number, or None.
+
+    "not comparable": our file holds other samples than the published number's (the registry's
+    ``comparable_to_paper`` is false and no later paper re-ran MFLVC on the same public file,
+    e.g. the rebuilt Fashion; or the published row is for another data set of the same name,
+    CCV). "not testable (no identified source)": the published row's source has ``testable =
+    false`` in data/published.toml. ``source`` is a row of :func:`load_published` (or None to
+    ask about the data set alone).
+
+    Used by: book/intro.md, exp_main.md, reproducibility.md, :func:`findings_frame`.
+    """
+    facts = dataset_info(dataset)
+    src = source.get("source") if source is not None else None
+    rerun = src is not None and src not in ("mflvc_table2", "mflvc_released")
+    if not facts["comparable_to_paper"] and not rerun:
+        return "not comparable"
+    if source is not None and not bool(source.get("testable", True)):
+        return "not testable (no identified source)"
+    return None
+
+
+def best_baseline(bdf: pd.DataFrame, exclude: Sequence[str] = ()) -> pd.DataFrame:
+    """Per data set and N: the baseline method with the highest mean ACC over its seeds.
+
+    Columns: dataset, n_samples, method, ACC (its mean), n (its seeds).
+
+    Used by: book/intro.md, exp_main.md (the bar chart), :func:`findings_frame`.
+    """
+    cols = ["dataset", "n_samples", "method", "ACC", "n"]
+    b = bdf[~bdf.method.isin(list(exclude))] if len(bdf) else bdf
+    if b.empty:
+        return pd.DataFrame(columns=cols)
+    g = b.groupby(["dataset", "n_samples", "method"]).ACC.agg(["mean", "count"]).reset_index()
+    g = g.rename(columns={"mean": "ACC", "count": "n"})
+    best = g.loc[g.groupby(["dataset", "n_samples"]).ACC.idxmax()]
+    return best[cols].reset_index(drop=True)
+
+
+def findings_frame(
+    df: pd.DataFrame,
+    bdf: pd.DataFrame,
+    published: pd.DataFrame,
+    k: float = 2.0,
+    tol: float = 0.005,
+) -> pd.DataFrame:
+    """The findings table: one row per data set of the main records (its largest N) and
+    published source of :data:`CLAIM_SOURCES` (one row with no published number when there is
+    none), plain values (for a CSV).
+
+    Columns: dataset, N, published_ACC, published_source, published_cite, ours_code_n,
+    ours_code_ACC_mean, ours_code_ACC_sd, ours_paper_n, ours_paper_ACC_mean, ours_paper_ACC_sd,
+    best_baseline, best_baseline_ACC_mean, baseline_beats_code (the best baseline's mean ACC
+    above the code form's), verdict_code, verdict_paper. Verdicts: :func:`verdict` (ACC) in
+    :data:`FINDING_WORDS`, or "not comparable", "not testable (...)" from
+    :func:`untestable_reason`, no published number, fewer than :data:`MIN_SEEDS` seeds, or not
+    the paper's schedule on the whole data set.
+
+    Used by: book/intro.md.
+    """
+    cols = [
+        "dataset", "N", "published_ACC", "published_source", "published_cite",
+        "ours_code_n", "ours_code_ACC_mean", "ours_code_ACC_sd",
+        "ours_paper_n", "ours_paper_ACC_mean", "ours_paper_ACC_sd",
+        "best_baseline", "best_baseline_ACC_mean", "baseline_beats_code",
+        "verdict_code", "verdict_paper",
+    ]  # fmt: skip
+    if df.empty:
+        return pd.DataFrame(columns=cols)
+    df = df[df.n_samples == df.groupby("dataset").n_samples.transform("max")]
+    full = is_full_schedule(df)
+    best = best_baseline(bdf)
+    mflvc = published[(published.method == "CMMC/MFLVC") & published.source.isin(CLAIM_SOURCES)]
+    rows = []
+    for ds in df.dataset.unique():
+        n_samples = int(df[df.dataset == ds].n_samples.iloc[0])
+        forms = {}
+        for form in ("code", "paper"):
+            g = df[(df.dataset == ds) & (df.variant == form)]
+            forms[form] = (
+                len(g),
+                g.ACC.mean() if len(g) else np.nan,
+                g.ACC.std(ddof=1) if len(g) > 1 else np.nan,
+                bool(full[g.index].all()) if len(g) else False,
+            )
+        bb = best[(best.dataset == ds) & (best.n_samples == n_samples)]
+        b_name = bb.method.iloc[0] if len(bb) else ""
+        b_acc = float(bb.ACC.iloc[0]) if len(bb) else np.nan
+        pubs = mflvc[mflvc.dataset == ds]
+        paper_twin = mflvc[mflvc.dataset == f"{ds}-paper"]
+        entries = list(pubs.iterrows()) or [(None, None)]
+        for _, p in entries:
+            row = {"dataset": ds, "N": n_samples}
+            row["published_ACC"] = float(p.ACC) if p is not None else np.nan
+            row["published_source"] = p.short if p is not None else ""
+            row["published_cite"] = p.cite if p is not None else ""
+            for form, (n, mean, sd, dfull) in forms.items():
+                row[f"ours_{form}_n"] = n
+                row[f"ours_{form}_ACC_mean"] = mean
+                row[f"ours_{form}_ACC_sd"] = sd
+                if n == 0:
+                    v = "not run"
+                elif p is None:
+                    v = (
+                        "not comparable"
+                        if len(paper_twin)
+                        else "not testable (no published number)"
+                    )
+                elif (why := untestable_reason(ds, p)) is not None:
+                    v = why
+                elif not dfull:
+                    v = "not testable (not the paper's schedule)"
+                else:
+                    v = verdict(mean, sd, p.ACC, k, tol, n=n)
+                    v = FINDING_WORDS.get(v, f"not testable ({v})")
+                row[f"verdict_{form}"] = v
+            row["best_baseline"] = b_name
+            row["best_baseline_ACC_mean"] = b_acc
+            row["baseline_beats_code"] = bool(
+                np.isfinite(b_acc) and forms["code"][0] and b_acc > forms["code"][1]
+            )
+            rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
+
+
+def findings_display(findings: pd.DataFrame) -> pd.DataFrame:
+    """The findings table for a page: strings, published numbers with their {cite} role.
+
+    Used by: book/intro.md.
+    """
+    rows = []
+    for r in findings.itertuples(index=False):
+        pub = "–"
+        if np.isfinite(r.published_ACC):
+            pub = f"{fmt_published(r.published_ACC)} ({r.published_source}"
+            pub += f" {cite_role(r.published_cite)})" if r.published_cite else ")"
+        rows.append({
+            "data set": r.dataset,
+            "published ACC (source)": pub,
+            "ours, code form (n)": f"{fmt_mean_std(r.ours_code_ACC_mean, r.ours_code_ACC_sd)} ({r.ours_code_n})",
+            "ours, paper form (n)": f"{fmt_mean_std(r.ours_paper_ACC_mean, r.ours_paper_ACC_sd)} ({r.ours_paper_n})",
+            "best simple baseline (ours)": f"{fmt(r.best_baseline_ACC_mean)} ({r.best_baseline})" if r.best_baseline else "–",
+            "verdict, code form": r.verdict_code,
+            "verdict, paper form": r.verdict_paper,
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def write_table(df: pd.DataFrame, name: str, root: str | Path | None = None) -> str:
+    """Write ``df`` to book/_static/tables/<name>.csv (generated at execution, git-ignored) and
+    return the path for a page's {download} role, relative to book/.
+
+    Used by: book/intro.md, exp_main.md, later_methods.md.
+    """
+    book = Path(root or find_root()) / "book"
+    out = book / "_static" / "tables" / f"{name}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False, float_format="%.6g")
+    return out.relative_to(book).as_posix()
