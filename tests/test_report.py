@@ -120,3 +120,38 @@ def test_missing_details_is_collapsed_and_grouped():
         assert "<td>1, 3</td>" in html and "<td>0</td>" in html  # seeds grouped and sorted
         assert html.endswith("</details>")
     assert report.missing_summary([]).empty and "0 planned" in report.missing_details([]).data
+
+
+def test_untestable_reason_for_rebuilt_data_and_unidentified_sources():
+    published, _ = report.load_published()
+    row = {r.source: r for r in published[published.dataset == "Fashion"].itertuples()}
+    assert report.untestable_reason("Fashion", row["mflvc_table2"]._asdict()) == "not comparable"
+    assert report.untestable_reason("MNIST-USPS", {"source": "mflvc_table2"}) is None
+    syn = published[(published.dataset == "Synthetic3d")].iloc[0].to_dict()
+    assert not syn["testable"]
+    assert report.untestable_reason("Synthetic3d", syn) == "not testable (no identified source)"
+    assert report.untestable_reason("Hdigit", {"source": "gcfagg", "testable": True}) is None
+
+
+def test_findings_frame_verdicts_and_best_baseline():
+    n = report.dataset_info("MNIST-USPS")["N"]
+    rows = []
+    for ds, accs in (("MNIST-USPS", [0.994, 0.995, 0.996]), ("HW", [0.80, 0.82, 0.81])):
+        for form in ("code", "paper"):
+            for s, a in enumerate(accs):
+                rows.append({"dataset": ds, "variant": form, "seed": s, "ACC": a,
+                             "profile": "paper",
+                             "n_samples": n if ds == "MNIST-USPS" else report.dataset_info("HW")["N"]})  # fmt: skip
+    df = pd.DataFrame(rows)
+    bdf = pd.DataFrame(
+        [{"dataset": "HW", "n_samples": report.dataset_info("HW")["N"], "method": m, "seed": s,
+          "ACC": a} for m, a in (("kmeans", 0.7), ("spectral", 0.9)) for s in range(3)]
+    )  # fmt: skip
+    published, _ = report.load_published()
+    f = report.findings_frame(df, bdf, published).set_index("dataset")
+    assert f.loc["MNIST-USPS", "verdict_code"] == "reproduced"  # 0.995 within the band
+    assert f.loc["HW", "verdict_code"] == "not testable (no published number)"
+    assert f.loc["HW", "best_baseline"] == "spectral"
+    assert f.loc["HW", "best_baseline_ACC_mean"] == pytest.approx(0.9)
+    assert bool(f.loc["HW", "baseline_beats_code"])
+    assert not bool(f.loc["MNIST-USPS", "baseline_beats_code"])  # no baseline recorded
