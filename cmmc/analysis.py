@@ -7,6 +7,8 @@ from sklearn.cluster import KMeans
 
 from cmmc.metrics import evaluate
 
+KMEANS_RESTARTS = 10  # k-means restarts (n_init) of the multi-level read-outs
+
 
 def multilevel(
     embedding: dict[str, list[np.ndarray]], y: np.ndarray, n_clusters: int, seed: int
@@ -16,7 +18,7 @@ def multilevel(
     for z, h, q in zip(embedding["z"], embedding["h"], embedding["q"], strict=True):
         row = {}
         for name, feats in (("z", z), ("h", h)):
-            km = KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(feats)
+            km = KMeans(n_clusters, n_init=KMEANS_RESTARTS, random_state=seed).fit_predict(feats)
             row[f"kmeans_{name}"] = evaluate(y, km)
         row["argmax_q"] = evaluate(y, q.argmax(1))
         out.append(row)
