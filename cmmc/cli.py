@@ -7,7 +7,11 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cmmc.config import Config
+    from cmmc.data import Dataset
 
 
 def _parse_value(text: str) -> Any:
@@ -45,29 +49,79 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train CMMC on one registry dataset; print the metrics (and run facts) as JSON."""
+_FILE_ONLY = ("n_clusters", "scaling", "label_key", "view_keys")
+
+
+def _train_data(args: argparse.Namespace) -> tuple[Config, Dataset, int]:
+    """(config, dataset, K) of ``cmmc train``: a registry dataset or the user's ``--data`` file."""
     from cmmc.config import make_config
-    from cmmc.data import load_dataset
-    from cmmc.estimator import CMMC
-    from cmmc.metrics import evaluate
+    from cmmc.data import load_dataset, load_views_file
 
     # the settings first: a misspelt key is named before any data file is read or downloaded
     config = make_config(args.dataset, args.profile, **_overrides(args.set))
-    ds = load_dataset(args.dataset, views=args.views)
+    if args.dataset is not None:
+        given = [f"--{o.replace('_', '-')}" for o in _FILE_ONLY if getattr(args, o) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} go with --data, not with --dataset")
+        ds = load_dataset(args.dataset, views=args.views)
+        return config, ds, ds.n_clusters
+    ds = load_views_file(
+        args.data,
+        scaling=args.scaling or "none",
+        label_key=args.label_key,
+        view_keys=args.view_keys,
+    )
+    ds = ds.select_views(args.views) if args.views else ds
+    k = args.n_clusters if args.n_clusters is not None else ds.n_clusters
+    if k is None:
+        raise ValueError(
+            f"{args.data} holds no labels: give the number of clusters, --n-clusters K"
+        )
+    return config, ds, k
+
+
+def _write_labels(path: Path, labels: Any) -> None:
+    import numpy as np
+
+    if path.suffix.lower() == ".npy":
+        np.save(path, np.asarray(labels, dtype=np.int64))
+    else:
+        np.savetxt(
+            path, np.asarray(labels, dtype=np.int64), fmt="%d", header="cluster", comments=""
+        )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train CMMC on a registry dataset or a user's file; print the metrics (and run facts) as
+    JSON, metrics null when the data has no labels."""
+    from cmmc.estimator import CMMC
+    from cmmc.metrics import evaluate
+
+    out_path = Path(args.labels_out) if args.labels_out else None
+    if out_path and (
+        out_path.suffix.lower() not in (".npy", ".csv") or not out_path.parent.is_dir()
+    ):
+        raise ValueError(
+            f"--labels-out {out_path}: expected a .npy or .csv file in an existing folder"
+        )
+    config, ds, k = _train_data(args)
     t0 = time.perf_counter()
     model = CMMC(
-        ds.n_clusters,
+        k,
         random_state=args.seed,
         device=args.device,
         config=config,
         progress=not args.quiet,
     ).fit(ds.views, ds.labels)
+    if out_path:
+        _write_labels(out_path, model.labels_)
     out = {
         "dataset": ds.name,
         "seed": args.seed,
         "device": str(model.device_),
-        "metrics": evaluate(ds.labels, model.labels_),
+        "n_clusters": k,
+        "clusters_used": len(set(model.labels_.tolist())),
+        "metrics": None if ds.labels is None else evaluate(ds.labels, model.labels_),
         "seconds": round(time.perf_counter() - t0, 2),
         "phase_seconds": {k: round(v, 2) for k, v in model.phase_seconds_.items()},
         "config": config.to_dict(),
@@ -126,6 +180,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cmmc`` command."""
+    from cmmc.data import _SCALINGS
     from cmmc.experiments import experiment_specs
 
     p = argparse.ArgumentParser(prog="cmmc", description=__doc__)
@@ -135,8 +190,31 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true")
     d.set_defaults(fn=cmd_datasets)
 
-    t = sub.add_parser("train", help="train CMMC on a registry dataset, print metrics as JSON")
-    t.add_argument("--dataset", required=True)
+    t = sub.add_parser(
+        "train", help="train CMMC on a registry dataset or your own file, print the result as JSON"
+    )
+    which = t.add_mutually_exclusive_group(required=True)
+    which.add_argument("--dataset", help="registry name (see `cmmc datasets`)")
+    which.add_argument(
+        "--data",
+        metavar="FILE",
+        help=".npz (one N x D array per view, labels optional under y) or .mat file",
+    )
+    t.add_argument(
+        "--n-clusters",
+        type=int,
+        metavar="K",
+        help="number of clusters (--data; default: the file's number of label classes)",
+    )
+    t.add_argument(
+        "--scaling",
+        nargs="+",
+        choices=list(_SCALINGS),
+        help="per-view scaling (--data): one rule, or one per view (default: none)",
+    )
+    t.add_argument("--label-key", help="key of the labels in the file (--data)")
+    t.add_argument("--view-keys", nargs="+", help="keys of the views, in order (--data)")
+    t.add_argument("--labels-out", metavar="PATH", help="write the predicted labels (.npy or .csv)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     t.add_argument("--profile", default="paper", choices=["paper", "quick"])

@@ -20,6 +20,9 @@ After reading, every dataset goes through the same steps: per-view scaling named
 float32 C-contiguous views, labels remapped to 0..K-1 (int64), and validation (same N for all
 views and labels, finite values, N/K/dims as the registry says).
 
+A user's own ``.npz`` or ``.mat`` file, outside the registry, is read by :func:`load_views_file`
+(labels optional).
+
 File lookup (:func:`fetch`): ``data_dir`` argument, then ``$CMMC_DATA_DIR``, then the cache
 (``$CMMC_CACHE_DIR`` or ``~/.cache/cmmc``), then system paths named in the registry (the Debian
 package of Fashion-MNIST). Every file is checked against its sha256 before use. A missing file
@@ -33,6 +36,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -56,6 +60,7 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "load_from_spec",
+    "load_views_file",
     "read_idx",
 ]
 
@@ -70,20 +75,21 @@ _SCALINGS = ("none", "div255", "minmax", "minmax_view", "standardize")
 class Dataset:
     """A multi-view dataset: ``views[m]`` is N x D_m float32, ``labels`` int64 in 0..K-1.
 
-    ``meta`` holds optional extras, e.g. ``source_index`` (N x M indices into the raw images)
-    for the built datasets (Fashion, Multi-COIL).
+    ``labels`` and ``n_clusters`` are None for unlabelled data (a user's file without labels,
+    :func:`load_views_file`). ``meta`` holds optional extras, e.g. ``source_index`` (N x M
+    indices into the raw images) for the built datasets (Fashion, Multi-COIL).
     """
 
     name: str
     views: list[np.ndarray]
-    labels: np.ndarray
-    n_clusters: int
+    labels: np.ndarray | None
+    n_clusters: int | None
     view_names: list[str]
     meta: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def n_samples(self) -> int:
-        return int(self.labels.shape[0])
+        return int(self.views[0].shape[0] if self.labels is None else self.labels.shape[0])
 
     @property
     def n_views(self) -> int:
@@ -104,7 +110,7 @@ class Dataset:
         return replace(
             self,
             views=[np.ascontiguousarray(v[idx]) for v in self.views],
-            labels=np.ascontiguousarray(self.labels[idx]),
+            labels=None if self.labels is None else np.ascontiguousarray(self.labels[idx]),
             meta=meta,
         )
 
@@ -792,3 +798,156 @@ def copy_data_files(
                 shutil.copyfile(src, dst)
                 copied.append(dst)
     return copied
+
+
+# --------------------------------------------------------------------------------------------
+# A user's own file
+# --------------------------------------------------------------------------------------------
+_NPZ_LABEL_KEYS = ("y", "Y", "labels", "label")
+_MAT_LABEL_KEYS = ("Y", "y", "gt", "truth", "truelabel")
+
+
+class _MissingFile(FileNotFoundError, ValueError):
+    """A file that is not there: both a FileNotFoundError and a ValueError."""
+
+
+def _natural_key(key: str) -> list[Any]:
+    """``X2`` before ``X10``: digit runs compare as numbers."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", key) if t]
+
+
+def _is_numeric(a: Any) -> bool:
+    return hasattr(a, "toarray") or np.asarray(a).dtype.kind in "biuf"
+
+
+def _read_npz(path: Path) -> tuple[dict[str, Any], list[str] | None]:
+    """The arrays of the file, and None: every array is a candidate view."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}, None
+
+
+def _read_user_mat(path: Path) -> tuple[dict[str, Any], list[str] | None]:
+    """The arrays of the file (a cell array ``X`` unpacked to ``X{1}``, ``X{2}``, ...), and the
+    cell's entries as the candidate views (None without a cell: every array is a candidate)."""
+    mat = {k: v for k, v in _load_mat(path).items() if not k.startswith("__")}
+    cell = mat.get("X")
+    if not (isinstance(cell, np.ndarray) and cell.dtype == object):
+        return mat, None
+    names = []
+    for i, entry in enumerate(cell.ravel()):
+        if not (isinstance(entry, np.ndarray) or hasattr(entry, "toarray")):
+            raise ValueError(
+                f"{path}: entry {i + 1} of the cell array 'X' is not an array (cell arrays of "
+                "MATLAB v7.3 files are not read: save the views under their own keys X1, X2, ...)"
+            )
+        names.append(f"X{{{i + 1}}}")
+        mat[names[-1]] = entry
+    del mat["X"]
+    return mat, names
+
+
+def _orient(views: dict[str, np.ndarray], n: int | None) -> dict[str, np.ndarray]:
+    """Transpose the 2-D views stored features x samples, judged from the sample count ``n``
+    (the labels' count) or, without labels, from the size that every view has as its row or
+    column count (the common row count when all views agree on it)."""
+    shapes = [v.shape for v in views.values() if v.ndim == 2]
+    if n is None and shapes:
+        rows = {s[0] for s in shapes}
+        common = set.intersection(*({s[0], s[1]} for s in shapes))
+        n = rows.pop() if len(rows) == 1 else (common.pop() if len(common) == 1 else None)
+    if n is None:
+        return views
+    return {
+        k: v.T if v.ndim == 2 and v.shape[0] != n and v.shape[1] == n else v
+        for k, v in views.items()
+    }
+
+
+def load_views_file(
+    path: str | Path,
+    *,
+    scaling: str | Sequence[str] = "none",
+    label_key: str | None = None,
+    view_keys: Sequence[str] | None = None,
+    transposed: bool | None = None,
+) -> Dataset:
+    """Read a user's multi-view data from a ``.npz`` or ``.mat`` file.
+
+    ``.npz``: every array is a view (N x D_m) except the labels (``y``, ``Y``, ``labels`` or
+    ``label``). ``.mat``: views under their own keys (``X1``, ``X2``, ...; v7.3 files too) or in
+    a cell array ``X`` (1 x M or M x 1; not in v7.3 files); labels under ``Y``, ``y``, ``gt``,
+    ``truth`` or ``truelabel``.
+    Views are taken in natural key order (``X2`` before ``X10``; cell entries are named ``X{1}``,
+    ``X{2}``, ...) unless ``view_keys`` picks and orders them; ``label_key`` names the labels.
+    Arrays of 3 or more dimensions are flattened per sample (first axis = samples); a 1-D view is
+    an error. Labels are optional; present, they are mapped through their sorted unique values to
+    0..K-1. ``transposed``: None (default) transposes a ``.mat`` view stored features x samples,
+    i.e. whose columns (not rows) match the label count (without labels: the other views'
+    common sample count); True transposes every view, False none (``.npz``: None means False).
+    ``scaling``: one rule or one per view, among none, div255, minmax, minmax_view, standardize.
+    Problems (missing file or key, different sample counts, NaN/Inf, ...) raise ValueError
+    naming the file and key. ``name`` is the file stem and ``view_names`` the keys.
+    """
+    path = Path(path).expanduser()
+    readers = {".npz": _read_npz, ".mat": _read_user_mat}
+    if path.suffix.lower() not in readers:
+        raise ValueError(f"{path}: unknown extension {path.suffix!r}; expected .npz or .mat")
+    if not path.is_file():
+        raise _MissingFile(f"{path}: no such file")
+    is_mat = path.suffix.lower() == ".mat"
+    arrays, candidates = readers[path.suffix.lower()](path)
+    present = sorted(arrays, key=_natural_key)
+    if label_key is not None and label_key not in arrays:
+        raise ValueError(f"{path}: label key {label_key!r} is not in the file; keys: {present}")
+    if label_key is None:
+        auto = _MAT_LABEL_KEYS if is_mat else _NPZ_LABEL_KEYS
+        label_key = next((k for k in auto if k in arrays and k not in (view_keys or ())), None)
+    if view_keys is None:
+        keys = [k for k in (candidates or present) if k != label_key and _is_numeric(arrays[k])]
+    else:
+        keys = list(view_keys)
+        missing = [k for k in keys if k not in arrays]
+        if missing:
+            raise ValueError(f"{path}: view keys {missing} are not in the file; keys: {present}")
+    if not keys:
+        raise ValueError(f"{path}: no views found; keys: {present}")
+    raw: dict[str, np.ndarray] = {}
+    for k in keys:
+        if not _is_numeric(arrays[k]):
+            raise ValueError(f"{path}: view {k!r} is not numeric ({np.asarray(arrays[k]).dtype})")
+        x = _dense(arrays[k])
+        if x.ndim < 2:
+            raise ValueError(f"{path}: view {k!r} is {x.ndim}-D, shape {x.shape}; N x D expected")
+        raw[k] = x.reshape(len(x), -1) if x.ndim > 2 else x
+    y = None if label_key is None else _dense(arrays[label_key]).ravel()
+    if transposed is True:
+        raw = {k: v.T for k, v in raw.items()}
+    elif transposed is None and is_mat:
+        raw = _orient(raw, None if y is None else len(y))
+    first = keys[0]
+    n = raw[first].shape[0]
+    for k in keys[1:]:
+        if raw[k].shape[0] != n:
+            raise ValueError(
+                f"{path}: view {k!r} has {raw[k].shape[0]} samples, view {first!r} has {n}"
+            )
+    if not isinstance(scaling, str):  # one rule for every view, or one per view
+        scaling = scaling[0] if len(scaling) == 1 else list(scaling)
+    scalings = _per_view(scaling, len(keys), "scaling", str(path))
+    views = []
+    for k, how in zip(keys, scalings, strict=True):
+        x = raw[k].astype(np.float64)
+        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+        if bad:
+            raise ValueError(f"{path}: view {k!r} holds {bad} NaN/Inf values")
+        views.append(np.ascontiguousarray(_scale(x, how, f"{path} view {k!r}"), dtype=np.float32))
+    labels, k_classes = None, None
+    if y is not None:
+        if len(y) != n:
+            raise ValueError(f"{path}: labels {label_key!r} have {len(y)} entries, views have {n}")
+        if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+            raise ValueError(f"{path}: labels {label_key!r} hold NaN/Inf values")
+        uniq = np.unique(y)
+        labels, k_classes = np.searchsorted(uniq, y).astype(np.int64), len(uniq)
+    meta = {"path": str(path), "label_key": label_key}
+    return Dataset(path.stem, views, labels, k_classes, keys, meta)

@@ -564,3 +564,98 @@ def test_copy_data_files_names_a_missing_dataset(iso):
         data.copy_data_files(iso / "copy", names=["BDGP"])
     with pytest.raises(ValueError, match="unknown datasets"):
         data.copy_data_files(iso / "copy", names=["BDPG"])
+
+
+# --------------------------------------------------------------------------------------------
+# A user's own file (load_views_file)
+# --------------------------------------------------------------------------------------------
+def test_user_npz_natural_order_scaling_and_labels(tmp_path):
+    rng = np.random.default_rng(4)
+    x1, x2, x10 = rng.random((6, 3)) * 9, rng.random((6, 2)) - 5, rng.random((6, 4))
+    y = np.array([9, 3, 7, 7, 3, 9])
+    np.savez(tmp_path / "mine.npz", X10=x10, X2=x2, X1=x1, labels=y)
+    ds = data.load_views_file(tmp_path / "mine.npz", scaling=["minmax", "none", "standardize"])
+    assert ds.name == "mine" and ds.view_names == ["X1", "X2", "X10"]
+    assert ds.dims == [3, 2, 4] and ds.n_samples == 6 and ds.n_clusters == 3
+    np.testing.assert_allclose(ds.views[0], (x1 - x1.min(0)) / (x1.max(0) - x1.min(0)), atol=1e-6)
+    np.testing.assert_allclose(ds.views[1], x2.astype(np.float32))
+    np.testing.assert_allclose(ds.views[2], (x10 - x10.mean(0)) / x10.std(0), atol=1e-5)
+    assert all(v.dtype == np.float32 and v.flags.c_contiguous for v in ds.views)
+    assert ds.labels.tolist() == [2, 0, 1, 1, 0, 2] and ds.labels.dtype == np.int64  # 3, 7, 9
+    # one rule for every view; view_keys picks and orders; another label key
+    np.savez(tmp_path / "b.npz", view1=x1, view0=x2, grp=y)
+    ds = data.load_views_file(tmp_path / "b.npz", scaling="div255", label_key="grp")
+    assert ds.view_names == ["view0", "view1"] and ds.labels.tolist() == [2, 0, 1, 1, 0, 2]
+    np.testing.assert_allclose(ds.views[1], x1 / 255.0, rtol=1e-6)
+    ds = data.load_views_file(tmp_path / "b.npz", view_keys=["view1"])
+    assert ds.view_names == ["view1"] and ds.labels is None  # "grp" is no known label key
+
+
+def test_user_npz_unlabelled_and_flattened(tmp_path):
+    imgs = np.arange(5 * 2 * 3, dtype=float).reshape(5, 2, 3)
+    np.savez(tmp_path / "u.npz", img=imgs, f=np.ones((5, 2)))
+    ds = data.load_views_file(tmp_path / "u.npz")
+    assert ds.labels is None and ds.n_clusters is None and ds.n_samples == 5
+    assert ds.view_names == ["f", "img"] and ds.dims == [2, 6]
+    np.testing.assert_array_equal(ds.views[1], imgs.reshape(5, 6))
+    assert ds.subset([0, 4]).n_samples == 2 and ds.subset([0, 4]).labels is None
+
+
+def test_user_mat_view_keys_transposed_and_cell(tmp_path):
+    rng = np.random.default_rng(5)
+    a, b = rng.random((4, 8)), rng.random((8, 3))  # a stored features x samples, b samples x D
+    y = np.array([1, 1, 2, 2, 5, 5, 1, 2])
+    scipy.io.savemat(tmp_path / "k.mat", {"X1": a, "X2": b, "gt": y[None, :]})
+    ds = data.load_views_file(tmp_path / "k.mat", scaling="minmax_view")
+    assert ds.view_names == ["X1", "X2"] and ds.dims == [4, 3]
+    np.testing.assert_allclose(ds.views[0], (a.T - a.min()) / (a.max() - a.min()), atol=1e-6)
+    assert ds.labels.tolist() == [0, 0, 1, 1, 2, 2, 0, 1]
+    for shape in [(1, 2), (2, 1)]:  # cell array X, 1 x M or M x 1; no labels
+        cell = np.empty(shape, dtype=object)
+        cell.flat[0], cell.flat[1] = a, b  # the other view's 8 samples say: transpose a
+        scipy.io.savemat(tmp_path / "c.mat", {"X": cell})
+        ds = data.load_views_file(tmp_path / "c.mat")
+        assert ds.view_names == ["X{1}", "X{2}"] and ds.labels is None
+        np.testing.assert_allclose(ds.views[0], a.T.astype(np.float32))
+        np.testing.assert_allclose(ds.views[1], b.astype(np.float32))
+    ds = data.load_views_file(tmp_path / "c.mat", view_keys=["X{2}"], transposed=True)
+    np.testing.assert_allclose(ds.views[0], b.T.astype(np.float32))
+
+
+def test_user_file_errors_name_file_and_key(tmp_path):
+    def load(name, arrays, **kw):
+        p = tmp_path / name
+        if name.endswith(".npz"):
+            np.savez(p, **arrays)
+        else:
+            scipy.io.savemat(p, arrays)
+        return data.load_views_file(p, **kw)
+
+    with pytest.raises(ValueError, match=r"nothere\.npz: no such file"):
+        data.load_views_file(tmp_path / "nothere.npz")
+    with pytest.raises(FileNotFoundError):  # also a FileNotFoundError
+        data.load_views_file(tmp_path / "nothere.mat")
+    with pytest.raises(ValueError, match=r"v\.csv: unknown extension '\.csv'"):
+        data.load_views_file(tmp_path / "v.csv")
+    with pytest.raises(ValueError, match=r"e\.npz: no views found; keys: \['y'\]"):
+        load("e.npz", {"y": np.arange(3)})
+    with pytest.raises(ValueError, match=r"n\.npz: view 'B' has 4 samples, view 'A' has 3"):
+        load("n.npz", {"A": np.ones((3, 2)), "B": np.ones((4, 2))})
+    with pytest.raises(ValueError, match=r"n\.mat: view 'X2' has 4 samples, view 'X1' has 3"):
+        load("n.mat", {"X1": np.ones((3, 2)), "X2": np.ones((4, 5)), "Y": np.arange(3)})
+    bad = np.ones((5, 2))
+    bad[0, 0], bad[3, 1] = np.nan, np.inf
+    with pytest.raises(ValueError, match=r"f\.npz: view 'B' holds 2 NaN/Inf values"):
+        load("f.npz", {"A": np.ones((5, 2)), "B": bad})
+    with pytest.raises(ValueError, match=r"l\.npz: labels 'y' have 4 entries, views have 5"):
+        load("l.npz", {"A": np.ones((5, 2)), "y": np.arange(4)})
+    with pytest.raises(ValueError, match=r"k\.npz: view keys \['C'\] .*keys: \['A', 'B'\]"):
+        load("k.npz", {"A": np.ones((5, 2)), "B": np.ones((5, 2))}, view_keys=["B", "C"])
+    with pytest.raises(ValueError, match=r"k\.npz: label key 'lab' .*keys: \['A', 'B'\]"):
+        load("k.npz", {"A": np.ones((5, 2)), "B": np.ones((5, 2))}, label_key="lab")
+    with pytest.raises(ValueError, match=r"o\.npz: view 'B' is 1-D"):
+        load("o.npz", {"A": np.ones((5, 2)), "B": np.ones(5)})
+    with pytest.raises(ValueError, match=r"s\.npz.*scaling lists 3 entries for 2 views"):
+        load("s.npz", {"A": np.ones((5, 2)), "B": np.ones((5, 2))}, scaling=["none"] * 3)
+    with pytest.raises(ValueError, match=r"s\.npz view 'A': unknown scaling 'log'"):
+        load("s.npz", {"A": np.ones((5, 2)), "B": np.ones((5, 2))}, scaling="log")
