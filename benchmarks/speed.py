@@ -1,17 +1,22 @@
 """Seconds per epoch of each CMMC phase against the FLOP floor of this machine.
 
-    python benchmarks/speed.py --dataset MNIST-USPS            # per-epoch table (a few epochs)
-    python benchmarks/speed.py --dataset MNIST-USPS --full     # + the whole paper schedule
+    python benchmarks/speed.py --dataset MNIST-USPS              # per-epoch table (a few epochs)
+    python benchmarks/speed.py --dataset MNIST-USPS --profile    # + where each epoch's time goes
+    python benchmarks/speed.py --dataset MNIST-USPS --full       # + the whole paper schedule
+    python benchmarks/speed.py --precision auto --fused-adam     # the fast path
 
 The floor counts the multiply-adds of the forward and backward passes of every linear layer
 (backward = 2x forward, except the first layer, which needs no input gradient) and divides by
-the matmul rate measured here (2048 x 2048 float32 / bfloat16 products).
+the matmul rate measured here (2048 x 2048 float32 / bfloat16 products). The machine-independent
+figure is the schedule's FLOP per second over the fp32 matmul rate of the same run ("rate
+ratio"): 1.0 means the run goes as fast as one large fp32 matrix product; bf16 can exceed it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import time
 from datetime import UTC, datetime
 
@@ -20,7 +25,20 @@ import torch
 
 from cmmc import CMMC, evaluate, load_dataset, make_config
 from cmmc.model import HIDDEN
-from cmmc.train import Trainer
+from cmmc.train import Trainer, bf16_native, resolve_precision
+
+
+def cpu_name() -> str:
+    """The CPU's model name and its widest vector units (what the figures depend on)."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
@@ -73,20 +91,55 @@ def time_epochs(ds, config, seed: int, epochs: int) -> dict[str, float]:
     return out
 
 
+def profile_epoch(tr: Trainer, phase: str) -> dict[str, float]:
+    """Seconds of one epoch split into matrix products, the optimiser's step and the rest
+    (element-wise kernels, losses, autograd and Python overhead), from torch's profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        tr.epoch_losses(phase)
+        wall = time.perf_counter() - t0
+    matmul = optimizer = 0.0
+    for ev in prof.key_averages():
+        if ev.key in ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"):
+            matmul += ev.self_cpu_time_total / 1e6
+        elif ev.key.startswith("Optimizer.step"):
+            optimizer += ev.cpu_time_total / 1e6  # the step with everything it calls
+    # the profiler's own overhead inflates the total: shares are of the profiled time
+    scale = wall / max(sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e6, 1e-9)
+    return {"matmul": matmul * scale, "optimizer": optimizer * scale,
+            "other": wall - (matmul + optimizer) * scale, "wall": wall}  # fmt: skip
+
+
+def schedule_gflop(flop: dict[str, float], config) -> float:
+    """GFLOP of the whole schedule (k-means and evaluation not counted)."""
+    return (
+        flop["pretrain"] * config.pretrain_epochs
+        + flop["contrastive"] * config.contrastive_epochs
+        + flop["finetune"] * config.finetune_epochs
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--dataset", default="MNIST-USPS")
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per phase")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
+    p.add_argument("--fused-adam", action="store_true", help="one fused Adam kernel per step")
+    p.add_argument("--eval-every", type=int, default=0, help="metric evaluation (full run)")
+    p.add_argument("--profile", action="store_true", help="split an epoch of each phase")
     p.add_argument("--full", action="store_true", help="also run the whole paper schedule")
     p.add_argument("--json", help="write the measurements to this file")
     args = p.parse_args()
 
     ds = load_dataset(args.dataset)
-    config = make_config(ds.name, "paper", precision=args.precision, eval_every=0)
+    precision = resolve_precision(args.precision, "cpu")
+    config = make_config(ds.name, "paper", precision=precision, eval_every=0,
+                         fused_adam=args.fused_adam)  # fmt: skip
     rate = {"fp32": matmul_gflops(torch.float32)}
-    if args.precision == "bf16":  # CPUs without bf16 units emulate it ~50x slower: opt-in only
+    if precision == "bf16":  # CPUs without bf16 units emulate it, far slower: opt-in only
         rate["bf16"] = matmul_gflops(torch.bfloat16, n=1024, reps=2)
     flop = epoch_gflop(ds.dims, ds.n_samples, config.batch_size, ds.n_clusters)
     secs = time_epochs(ds, config, args.seed, args.epochs)
@@ -97,7 +150,9 @@ def main() -> None:
     }
     print(f"{ds.name}: N={ds.n_samples} dims={ds.dims} threads={torch.get_num_threads()}")
     print("matmul rate: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rate.items()))
-    floor_rate = rate[args.precision]
+    print(f"cpu: {cpu_name()}  bf16 native: {bf16_native('cpu')}  precision: {precision}  "
+          f"fused adam: {args.fused_adam}")  # fmt: skip
+    floor_rate = rate[precision]
     print(f"{'phase':<12} {'s/epoch':>8} {'GFLOP':>8} {'floor s':>8} {'ratio':>6} {'epochs':>6}")
     for ph in ("pretrain", "contrastive", "finetune"):
         floor = flop[ph] / floor_rate
@@ -106,10 +161,32 @@ def main() -> None:
             f"{secs[ph] / floor:>6.2f} {epochs[ph]:>6}"
         )
     est = sum(secs[ph] * epochs[ph] for ph in epochs)
-    print(f"estimated schedule (epochs x s/epoch, no k-means): {est:.0f} s")
+    total_gflop = schedule_gflop(flop, config)
+    print(f"estimated schedule (epochs x s/epoch, no k-means): {est:.0f} s, "
+          f"rate ratio {total_gflop / est / rate['fp32']:.2f}")  # fmt: skip
+    split = {}
+    if args.profile:
+        tr = Trainer.for_data(ds.views, None, ds.n_clusters, config, args.seed, progress=False)
+        tr.pseudo_labels = [[np.zeros(ds.n_samples, dtype=np.int64)] * ds.n_views]
+        print(f"{'phase':<12} {'matmul':>8} {'adam':>8} {'other':>8}   (s/epoch, profiled)")
+        for ph in ("pretrain", "contrastive", "finetune"):
+            tr.epoch_losses(ph)  # warm-up
+            split[ph] = profile_epoch(tr, ph)
+            s = split[ph]
+            print(f"{ph:<12} {s['matmul']:>8.3f} {s['optimizer']:>8.3f} {s['other']:>8.3f}")
+        t0 = time.perf_counter()
+        tr._pseudo_label()
+        split["pseudo_labels"] = time.perf_counter() - t0
+        print(f"pseudo labels (embed + k-means, {config.kmeans_restarts} restarts per view): "
+              f"{split['pseudo_labels']:.1f} s")  # fmt: skip
     result = {
         "dataset": ds.name,
-        "precision": args.precision,
+        "cpu": cpu_name(),
+        "bf16_native": bf16_native("cpu"),
+        "fused_adam": args.fused_adam,
+        "profile": split,
+        "schedule_gflop": total_gflop,
+        "precision": precision,
         "matmul_gflops": rate,
         "gflop_per_epoch": flop,
         "seconds_per_epoch": secs,
@@ -117,13 +194,19 @@ def main() -> None:
         "threads": torch.get_num_threads(),
     }
     if args.full:
+        config = config.replace(eval_every=args.eval_every)
+        rate_before = rate["fp32"]
         t0 = time.perf_counter()
-        model = CMMC(ds.n_clusters, random_state=args.seed, config=config).fit(ds.views)
+        model = CMMC(ds.n_clusters, random_state=args.seed, config=config)
+        model.fit(ds.views, ds.labels if args.eval_every else None)
         total = time.perf_counter() - t0
+        rate["fp32_after"] = matmul_gflops(torch.float32)  # the machine may change under a run
         metrics = evaluate(ds.labels, model.labels_)
-        print(
-            f"full schedule: {total:.0f} s  phases {json.dumps({k: round(v, 1) for k, v in model.phase_seconds_.items()})}"
-        )
+        phases = {k: round(v, 1) for k, v in model.phase_seconds_.items()}
+        ratio = total_gflop / total / ((rate_before + rate["fp32_after"]) / 2)
+        print(f"full schedule: {total:.0f} s  phases {json.dumps(phases)}")
+        print(f"rate ratio of the full run (k-means and evaluation included): {ratio:.2f}")
+        result.update(full_rate_ratio=ratio)
         print(f"metrics: {json.dumps({k: round(v, 4) for k, v in metrics.items()})}")
         result.update(full_seconds=total, phase_seconds=model.phase_seconds_, metrics=metrics)
     if args.json:

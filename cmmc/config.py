@@ -17,7 +17,12 @@ LOSS_TERMS = ("reconstruction", "feature", "label", "entropy")
 RECON_FORMS = ("mean", "sum")
 ENTROPY_FORMS = ("pair", "view")
 FINETUNE_FORMS = ("double_softmax", "ce")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where the device computes it natively
+
+# Fields added after the first records were made, with their defaults. A field at its default is
+# left out of to_dict() (and of the keys built from it), so the records made before it keep their
+# keys; a run that sets one is keyed by it.
+LATER_FIELDS: dict[str, Any] = {"fused_adam": False}
 
 # Schedule profiles: "paper" is the official schedule (contrastive epochs per dataset come from
 # the registry); "quick" is a smoke-test schedule for CI and for trying things out.
@@ -57,7 +62,8 @@ class Config:
     finetune_form: str = "double_softmax"  # code's CE on softmaxed q; "ce": paper's -sum P log q
     kmeans_restarts: int = 100
     eval_every: int = 1  # epochs between metric evaluations when labels are given (0: never)
-    precision: str = "fp32"  # "bf16" runs the matmuls under CPU/CUDA autocast
+    precision: str = "fp32"  # "bf16": matmuls under CPU/CUDA autocast; "auto": bf16 if native
+    fused_adam: bool = False  # one fused Adam kernel per step (faster; rounds differently)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "losses", tuple(self.losses))
@@ -67,6 +73,8 @@ class Config:
         for name in ("batch_size", "low_dim", "high_dim", "kmeans_restarts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not isinstance(self.fused_adam, bool):
+            raise ValueError(f"fused_adam must be True or False, got {self.fused_adam!r}")
         for name in ("lr", "tau_f", "tau_l"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -83,10 +91,10 @@ class Config:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (tuples become lists)."""
+        """Plain-JSON form (tuples become lists; :data:`LATER_FIELDS` only when set)."""
         d = dataclasses.asdict(self)
         d["losses"] = list(self.losses)
-        return d
+        return {k: v for k, v in d.items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed."""

@@ -29,8 +29,10 @@ class CMMC(ClusterMixin, BaseEstimator):
     config : a base :class:`~cmmc.config.Config` (default: ``Config()``, the official code's
         settings and schedule).
     progress : show tqdm progress bars.
-    pretrain_epochs, contrastive_epochs, ..., precision : every :class:`~cmmc.config.Config`
-        field; ``None`` (the default) keeps the base config's value.
+    pretrain_epochs, contrastive_epochs, ..., precision, fused_adam : every
+        :class:`~cmmc.config.Config` field; ``None`` (the default) keeps the base config's value.
+        The fast path: ``precision="auto"`` (bf16 where the CPU or GPU has it natively, else
+        fp32) and ``fused_adam=True``; the defaults are the official code's (fp32, Adam's loop).
 
     After ``fit``: ``labels_``, ``history_`` (one dict per epoch), ``phase_seconds_``,
     ``pseudo_labels_``, ``network_``, ``config_``, ``device_``, ``dims_``. To train several seeds
@@ -62,6 +64,7 @@ class CMMC(ClusterMixin, BaseEstimator):
         kmeans_restarts: int | None = None,
         eval_every: int | None = None,
         precision: str | None = None,
+        fused_adam: bool | None = None,
     ) -> None:
         self.n_clusters = n_clusters
         self.random_state = random_state
@@ -84,6 +87,7 @@ class CMMC(ClusterMixin, BaseEstimator):
         self.kmeans_restarts = kmeans_restarts
         self.eval_every = eval_every
         self.precision = precision
+        self.fused_adam = fused_adam
 
     def _resolved_config(self) -> Config:
         """The base config with every field given as a keyword replaced (validated by Config)."""
