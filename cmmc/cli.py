@@ -58,7 +58,7 @@ def _train_data(args: argparse.Namespace) -> tuple[Config, Dataset, int]:
     from cmmc.data import load_dataset, load_views_file
 
     # the settings first: a misspelt key is named before any data file is read or downloaded
-    config = make_config(args.dataset, args.profile, **_overrides(args.set))
+    config = make_config(args.dataset, args.profile, args.variant, **_overrides(args.set))
     if args.dataset is not None:
         given = [f"--{o.replace('_', '-')}" for o in _FILE_ONLY if getattr(args, o) is not None]
         if given:
@@ -180,6 +180,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cmmc`` command."""
+    from cmmc.config import VARIANTS
     from cmmc.data import _SCALINGS
     from cmmc.experiments import experiment_specs
 
@@ -218,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     t.add_argument("--profile", default="paper", choices=["paper", "quick"])
+    t.add_argument(
+        "--variant",
+        choices=list(VARIANTS),
+        help="named configuration: faithful (default), fast, robust (see the README)",
+    )
     t.add_argument("--views", nargs="+", help="subset of views, by name or index, in order")
     t.add_argument(
         "--set",

@@ -22,7 +22,7 @@ PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where the device computes it
 # Fields added after the first records were made, with their defaults. A field at its default is
 # left out of to_dict() (and of the keys built from it), so the records made before it keep their
 # keys; a run that sets one is keyed by it.
-LATER_FIELDS: dict[str, Any] = {"fused_adam": False}
+LATER_FIELDS: dict[str, Any] = {"fused_adam": False, "min_batches": 0, "entropy_weight": 1.0}
 
 # Schedule profiles: "paper" is the official schedule (contrastive epochs per dataset come from
 # the registry); "quick" is a smoke-test schedule for CI and for trying things out.
@@ -34,6 +34,16 @@ PROFILES: dict[str, dict[str, Any]] = {
         "finetune_epochs": 5,
         "kmeans_restarts": 5,
     },
+}
+
+# Named configurations a user picks by one name (``CMMC(variant=...)``, ``cmmc train --variant``):
+# Config fields applied over a profile's schedule. "faithful" is the official code (the default);
+# "fast" the same method on the fast path (bf16 where native, fused Adam: labels may differ by
+# rounding); "robust" the configuration measured on the "Beyond the paper" page.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "faithful": {},
+    "fast": {"precision": "auto", "fused_adam": True},
+    "robust": {"precision": "auto", "fused_adam": True, "min_batches": 8},
 }
 
 
@@ -64,10 +74,16 @@ class Config:
     eval_every: int = 1  # epochs between metric evaluations when labels are given (0: never)
     precision: str = "fp32"  # "bf16": matmuls under CPU/CUDA autocast; "auto": bf16 if native
     fused_adam: bool = False  # one fused Adam kernel per step (faster; rounds differently)
+    # Beyond the official code (0 / 1.0 keep it): a set too small for min_batches batches of
+    # batch_size per epoch gets smaller batches (N // min_batches), so that a phase's number of
+    # gradient steps does not shrink with N; the entropy term's weight.
+    min_batches: int = 0
+    entropy_weight: float = 1.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "losses", tuple(self.losses))
-        for name in ("pretrain_epochs", "contrastive_epochs", "finetune_epochs", "eval_every"):
+        for name in ("pretrain_epochs", "contrastive_epochs", "finetune_epochs", "eval_every",
+                     "min_batches", "entropy_weight"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "low_dim", "high_dim", "kmeans_restarts"):
@@ -95,6 +111,14 @@ class Config:
         d = dataclasses.asdict(self)
         d["losses"] = list(self.losses)
         return {k: v for k, v in d.items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
+
+    def batch_for(self, n_samples: int) -> int:
+        """Mini-batch size on a set of ``n_samples``: ``batch_size``, at most N, and at most
+        N // ``min_batches`` when that is set (never below one sample)."""
+        batch = min(self.batch_size, n_samples)
+        if self.min_batches:
+            batch = min(batch, max(1, n_samples // self.min_batches))
+        return batch
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed."""
@@ -125,9 +149,24 @@ def schedule_for(dataset: str | None, profile: str = "paper") -> dict[str, Any]:
     return out
 
 
-def make_config(dataset: str | None = None, profile: str = "paper", **overrides: Any) -> Config:
-    """Config for ``dataset`` under ``profile``, with ``overrides`` applied last."""
+def variant_fields(variant: str | None) -> dict[str, Any]:
+    """The Config fields of a named variant (:data:`VARIANTS`; None: none)."""
+    if variant is None:
+        return {}
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {list(VARIANTS)}")
+    return dict(VARIANTS[variant])
+
+
+def make_config(
+    dataset: str | None = None,
+    profile: str = "paper",
+    variant: str | None = None,
+    **overrides: Any,
+) -> Config:
+    """Config for ``dataset`` under ``profile``, then the fields of ``variant``, then
+    ``overrides``."""
     unknown = set(overrides) - config_fields()
     if unknown:
         raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(config_fields())}")
-    return Config(**{**schedule_for(dataset, profile), **overrides})
+    return Config(**{**schedule_for(dataset, profile), **variant_fields(variant), **overrides})

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClusterMixin
 
-from cmmc.config import Config, config_fields
+from cmmc.config import Config, config_fields, variant_fields
 from cmmc.train import Trainer, embed, resolve_device
 from cmmc.validation import check_same_dims, check_views
 
@@ -28,6 +28,9 @@ class CMMC(ClusterMixin, BaseEstimator):
         :func:`cmmc.train.use_deterministic_cuda` once first for run-to-run identical results.
     config : a base :class:`~cmmc.config.Config` (default: ``Config()``, the official code's
         settings and schedule).
+    variant : a named configuration applied over ``config`` (:data:`cmmc.config.VARIANTS`):
+        None or "faithful" (the official code), "fast" (bf16 where the hardware has it, fused
+        Adam), "robust" (for small sets with many clusters; see the book's "Beyond the paper").
     progress : show tqdm progress bars.
     pretrain_epochs, contrastive_epochs, ..., precision, fused_adam : every
         :class:`~cmmc.config.Config` field; ``None`` (the default) keeps the base config's value.
@@ -47,6 +50,7 @@ class CMMC(ClusterMixin, BaseEstimator):
         random_state: int = 0,
         device: str = "cpu",
         config: Config | None = None,
+        variant: str | None = None,
         progress: bool = True,
         pretrain_epochs: int | None = None,
         contrastive_epochs: int | None = None,
@@ -65,11 +69,14 @@ class CMMC(ClusterMixin, BaseEstimator):
         eval_every: int | None = None,
         precision: str | None = None,
         fused_adam: bool | None = None,
+        min_batches: int | None = None,
+        entropy_weight: float | None = None,
     ) -> None:
         self.n_clusters = n_clusters
         self.random_state = random_state
         self.device = device
         self.config = config
+        self.variant = variant
         self.progress = progress
         self.pretrain_epochs = pretrain_epochs
         self.contrastive_epochs = contrastive_epochs
@@ -88,6 +95,8 @@ class CMMC(ClusterMixin, BaseEstimator):
         self.eval_every = eval_every
         self.precision = precision
         self.fused_adam = fused_adam
+        self.min_batches = min_batches
+        self.entropy_weight = entropy_weight
 
     def _resolved_config(self) -> Config:
         """The base config with every field given as a keyword replaced (validated by Config)."""
@@ -95,7 +104,7 @@ class CMMC(ClusterMixin, BaseEstimator):
         if not isinstance(base, Config):
             raise ValueError(f"config must be a cmmc Config or None, got {type(base).__name__}")
         changes = {f: getattr(self, f) for f in config_fields() if getattr(self, f) is not None}
-        return base.replace(**changes)
+        return base.replace(**{**variant_fields(self.variant), **changes})
 
     def fit(self, views: Sequence, y: Sequence | None = None) -> CMMC:
         """Train on ``views`` (list of N x D_m arrays). ``y`` only feeds the metric history."""

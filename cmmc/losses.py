@@ -105,6 +105,8 @@ def _entropy_term(out, xs, config, tau_f, tau_l) -> torch.Tensor:
     per_view = [entropy_regulariser(q) for q in out["q"]]
     # The code adds both views' regulariser inside every pair: view m counts M-1 times.
     weight = len(xs) - 1 if config.entropy_form == "pair" else 1
+    if config.entropy_weight != 1.0:  # the official code's runs keep their exact arithmetic
+        weight = weight * config.entropy_weight
     return weight * sum(per_view)
 
 

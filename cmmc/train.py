@@ -54,8 +54,9 @@ BATCHABLE = ("tau_f", "tau_l")  # Config fields in which the members of one batc
 # seed and the device). Every Config field is named once (tests/test_batched.py checks it).
 _PHASE_FIELDS = {
     "pretrain": ("pretrain_epochs", "batch_size", "lr", "low_dim", "high_dim", "recon_form",
-                 "precision", "fused_adam", "eval_every"),  # eval_every: the history has metrics
-    "contrastive": ("contrastive_epochs", "tau_f", "tau_l", "losses", "entropy_form"),
+                 "precision", "fused_adam", "min_batches", "eval_every"),  # eval: history
+    "contrastive": ("contrastive_epochs", "tau_f", "tau_l", "losses", "entropy_form",
+                    "entropy_weight"),
     "finetune": ("finetune_epochs", "kmeans_restarts", "finetune_form"),
 }  # fmt: skip
 
@@ -327,7 +328,7 @@ class Trainer:
         self.device = xs[0].device
         self.n = xs[0].shape[0]
         self.dims = [x.shape[1] for x in xs]
-        self.batch = min(self.config.batch_size, self.n)  # drop_last would leave no batch otherwise
+        self.batch = self.config.batch_for(self.n)  # at most N: drop_last would leave no batch
         # The template holds no weights: functional_call sees only self.params.
         self.template = copy.deepcopy(members[0]).to("meta")
         if self.stacked:
@@ -562,7 +563,7 @@ class Trainer:
             row = {"epoch": self.epoch, "phase": phase, "loss": sum(t.values()), **t}
             row["seconds"] = seconds  # a batch's wall time is shared by its members
             if labels is not None:
-                row.update(evaluate(self.y, labels[i]))
+                row.update(evaluate(self.y, labels[i]), clusters_used=len(np.unique(labels[i])))
             self.histories[i].append(row)
 
     def _pseudo_label(self) -> None:

@@ -108,6 +108,7 @@ def fit_cmmc(
 def fitted_body(task: Task, ds: Dataset, model: CMMC) -> dict[str, Any]:
     """The record fields of one fitted model: metrics, losses, history, analyses, label hash."""
     rec: dict[str, Any] = {"metrics": evaluate(ds.labels, model.labels_)}
+    rec["clusters_used"] = int(len(np.unique(model.labels_)))
     contrastive = [r["loss"] for r in model.history_ if r["phase"] == "contrastive"]
     rec["final_contrastive_loss"] = contrastive[-1] if contrastive else None
     rec["final_loss"] = model.history_[-1]["loss"] if model.history_ else None

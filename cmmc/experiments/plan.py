@@ -92,6 +92,12 @@ def plan(
             overrides.update(spec.get("schedule", {}))
             if "eval_every" in spec and "eval_every" not in overrides:
                 overrides["eval_every"] = spec["eval_every"]
+            config = make_config(dataset, profile, **overrides)
+            if config.precision == "auto":
+                raise ValueError(
+                    f"{experiment}/{vname}: an experiment names its precision (fp32 or bf16), "
+                    "not 'auto': a record must say what it computed"
+                )
             task = {
                 "experiment": experiment,
                 "kind": spec["kind"],
@@ -101,7 +107,7 @@ def plan(
                 "profile": profile,
                 "device": device,
                 "data": data_opts,
-                "config": make_config(dataset, profile, **overrides).to_dict(),
+                "config": config.to_dict(),
                 "options": {k: spec[k] for k in OPTION_KEYS if k in spec},
             }
             task["key"] = run_key(task)

@@ -1,0 +1,89 @@
+"""Named variants and the fields beyond the official code: min_batches, entropy_weight."""
+
+import importlib
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cmmc import CMMC, make_config
+from cmmc.cli import main
+from cmmc.config import VARIANTS, Config
+from cmmc.losses import TERMS
+from cmmc.train import Trainer
+
+
+@pytest.mark.parametrize(
+    ("n", "batch", "min_batches", "expected"),
+    [(5000, 256, 0, 256), (5000, 256, 8, 256), (480, 256, 8, 60), (100, 256, 0, 100),
+     (7, 256, 8, 1), (2047, 256, 8, 255)],
+)  # fmt: skip
+def test_batch_for_small_sets(n, batch, min_batches, expected):
+    assert Config(batch_size=batch, min_batches=min_batches).batch_for(n) == expected
+
+
+def test_min_batches_gives_that_many_steps_per_epoch():
+    rng = np.random.default_rng(0)
+    views = [rng.normal(size=(50, 4)).astype(np.float32) for _ in range(2)]
+    cfg = make_config(None, "quick", pretrain_epochs=1, min_batches=5)
+    tr = Trainer.for_data(views, None, 2, cfg, 0, progress=False).fit(until="pretrain")
+    steps = {int(s["step"]) for s in tr.opt.state.values()}
+    assert tr.batch == 10 and steps == {5}  # 50 samples in batches of 10: five Adam steps
+
+
+def test_entropy_weight_scales_the_term():
+    g = torch.Generator().manual_seed(0)
+    qs = [torch.softmax(torch.randn(12, 4, generator=g, dtype=torch.float64), 1) for _ in "ab"]
+    out, xs = {"q": qs}, [torch.zeros(12, 1)] * 2
+
+    def by_hand(q):  # log K - H(mean of q)
+        p = q.mean(0)
+        return math.log(4) + float((p * p.log()).sum())
+
+    expected = sum(by_hand(q) for q in qs)  # two views: each counted M - 1 = 1 time
+    for w in (1.0, 0.5, 3.0):
+        got = TERMS["entropy"](out, xs, Config(entropy_weight=w), 0.5, 1.0)
+        assert got.item() == pytest.approx(w * expected, rel=1e-12)
+
+
+def test_variants_are_config_fields():
+    assert VARIANTS["faithful"] == {}
+    assert make_config(None, "paper", variant="faithful") == make_config(None, "paper")
+    robust = make_config("BDGP", "paper", variant="robust")
+    assert robust.contrastive_epochs == 10  # the profile's schedule stays
+    for field, value in VARIANTS["robust"].items():
+        assert getattr(robust, field) == value
+    assert make_config(None, variant="robust", min_batches=2).min_batches == 2  # overrides last
+    with pytest.raises(ValueError, match="unknown variant 'sturdy'"):
+        make_config(None, variant="sturdy")
+
+
+def test_estimator_variant_then_keywords():
+    est = CMMC(3, variant="robust", min_batches=3)
+    cfg = est._resolved_config()
+    assert cfg.min_batches == 3 and cfg.fused_adam is VARIANTS["robust"]["fused_adam"]
+    assert CMMC(3)._resolved_config() == Config()
+    with pytest.raises(ValueError, match="unknown variant"):
+        CMMC(3, variant="nope")._resolved_config()
+
+
+def test_experiments_name_their_precision(monkeypatch):
+    plan = importlib.import_module("cmmc.experiments.plan")  # the module, not the function
+    specs = plan.experiment_specs()
+    spec = {**specs["fastpath"], "variants": {"auto": {"precision": "auto"}}}
+    monkeypatch.setattr(plan, "experiment_specs", lambda: {**specs, "fastpath": spec})
+    with pytest.raises(ValueError, match="names its precision"):
+        plan.plan("fastpath", seeds=1)
+
+
+def test_cli_variant(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "v.npz", X1=rng.normal(size=(30, 3)), X2=rng.normal(size=(30, 2)))
+    tiny = ["--profile", "quick", "--quiet", "--set", "pretrain_epochs=1", "contrastive_epochs=1",
+            "finetune_epochs=1", "kmeans_restarts=1"]  # fmt: skip
+    args = ["train", "--data", str(tmp_path / "v.npz"), "--n-clusters", "3", "--variant", "robust"]
+    assert main([*args, *tiny]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["config"]["min_batches"] == VARIANTS["robust"]["min_batches"]
