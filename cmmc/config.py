@@ -17,12 +17,18 @@ LOSS_TERMS = ("reconstruction", "feature", "label", "entropy")
 RECON_FORMS = ("mean", "sum")
 ENTROPY_FORMS = ("pair", "view")
 FINETUNE_FORMS = ("double_softmax", "ce")
-PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where the device computes it natively
+PRECISIONS = ("fp32", "bf16", "auto")
+PSEUDO_LABELS = ("kmeans", "spectral")  # auto: bf16 where the device computes it natively
 
 # Fields added after the first records were made, with their defaults. A field at its default is
 # left out of to_dict() (and of the keys built from it), so the records made before it keep their
 # keys; a run that sets one is keyed by it.
-LATER_FIELDS: dict[str, Any] = {"fused_adam": False, "min_batches": 0, "entropy_weight": 1.0}
+LATER_FIELDS: dict[str, Any] = {
+    "fused_adam": False,
+    "min_batches": 0,
+    "entropy_weight": 1.0,
+    "pseudo_labels": "kmeans",
+}
 
 # Schedule profiles: "paper" is the official schedule (contrastive epochs per dataset come from
 # the registry); "quick" is a smoke-test schedule for CI and for trying things out.
@@ -79,6 +85,9 @@ class Config:
     # gradient steps does not shrink with N; the entropy term's weight.
     min_batches: int = 0
     entropy_weight: float = 1.0
+    # "kmeans": the code's k-means on each view's h; "spectral": one spectral clustering (kNN
+    # graph) of all views' h side by side, the same pseudo labels for every view
+    pseudo_labels: str = "kmeans"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "losses", tuple(self.losses))
@@ -102,6 +111,7 @@ class Config:
             ("entropy_form", ENTROPY_FORMS),
             ("finetune_form", FINETUNE_FORMS),
             ("precision", PRECISIONS),
+            ("pseudo_labels", PSEUDO_LABELS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

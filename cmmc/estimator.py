@@ -71,6 +71,7 @@ class CMMC(ClusterMixin, BaseEstimator):
         fused_adam: bool | None = None,
         min_batches: int | None = None,
         entropy_weight: float | None = None,
+        pseudo_labels: str | None = None,
     ) -> None:
         self.n_clusters = n_clusters
         self.random_state = random_state
@@ -97,6 +98,7 @@ class CMMC(ClusterMixin, BaseEstimator):
         self.fused_adam = fused_adam
         self.min_batches = min_batches
         self.entropy_weight = entropy_weight
+        self.pseudo_labels = pseudo_labels
 
     def _resolved_config(self) -> Config:
         """The base config with every field given as a keyword replaced (validated by Config)."""

@@ -57,7 +57,7 @@ _PHASE_FIELDS = {
                  "precision", "fused_adam", "min_batches", "eval_every"),  # eval: history
     "contrastive": ("contrastive_epochs", "tau_f", "tau_l", "losses", "entropy_form",
                     "entropy_weight"),
-    "finetune": ("finetune_epochs", "kmeans_restarts", "finetune_form"),
+    "finetune": ("finetune_epochs", "kmeans_restarts", "finetune_form", "pseudo_labels"),
 }  # fmt: skip
 
 
@@ -224,6 +224,15 @@ def kmeans_pseudo_labels(
         km = KMeans(n_clusters, n_init=restarts, random_state=seed)
         labels.append(km.fit_predict(scaled.astype(np.float64)))
     return labels
+
+
+def spectral_pseudo_labels(hs: list[torch.Tensor], n_clusters: int, seed: int) -> list[np.ndarray]:
+    """Pseudo labels of every view from one seeded spectral clustering (kNN graph) of the
+    views' h side by side (:func:`cmmc.baselines.spectral_concat`)."""
+    from cmmc.baselines import spectral_concat
+
+    labels = spectral_concat([h.float().cpu().numpy() for h in hs], n_clusters, seed)
+    return [labels.copy() for _ in hs]
 
 
 def map_threads(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
@@ -573,6 +582,8 @@ class Trainer:
 
         def one(i: int) -> list[np.ndarray]:
             own = [h[i] for h in hs] if self.stacked else hs
+            if self.config.pseudo_labels == "spectral":
+                return spectral_pseudo_labels(own, self.k, self.seeds[i])
             return kmeans_pseudo_labels(own, self.k, self.config.kmeans_restarts, self.seeds[i])
 
         # One run keeps k-means' own thread pool, as it always has.

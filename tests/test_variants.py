@@ -87,3 +87,20 @@ def test_cli_variant(tmp_path, capsys):
     assert main([*args, *tiny]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["config"]["min_batches"] == VARIANTS["robust"]["min_batches"]
+
+
+def test_spectral_pseudo_labels_find_separated_groups():
+    from sklearn.metrics import adjusted_rand_score
+
+    from cmmc.train import spectral_pseudo_labels
+
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(3), 30)
+    centres = rng.normal(0, 10, (3, 4))
+    hs = [torch.from_numpy(centres[truth] + rng.normal(0, 0.3, (90, 4))) for _ in range(2)]
+    labels = spectral_pseudo_labels(hs, 3, seed=0)
+    assert len(labels) == 2 and np.array_equal(labels[0], labels[1])
+    assert adjusted_rand_score(truth, labels[0]) == 1.0
+    with pytest.raises(ValueError, match="pseudo_labels"):
+        Config(pseudo_labels="dbscan")
+    assert "pseudo_labels" not in Config().to_dict()
