@@ -49,7 +49,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 VARIANTS: dict[str, dict[str, Any]] = {
     "faithful": {},
     "fast": {"precision": "auto", "fused_adam": True},
-    "robust": {"precision": "auto", "fused_adam": True, "min_batches": 8},
+    "robust": {"precision": "auto", "fused_adam": True, "min_batches": 8, "finetune_form": "ce"},
 }
 
 
