@@ -1,7 +1,7 @@
 """cmmc: Contrastive Multi-Modal Clustering (CMMC / MFLVC), a reproducible reference implementation."""
 
 from cmmc.config import Config, make_config
-from cmmc.data import Dataset, list_datasets, load_dataset
+from cmmc.data import Dataset, list_datasets, load_dataset, load_views_file
 from cmmc.estimator import CMMC
 from cmmc.metrics import evaluate
 from cmmc.train import Trainer
@@ -15,5 +15,6 @@ __all__ = [
     "evaluate",
     "list_datasets",
     "load_dataset",
+    "load_views_file",
     "make_config",
 ]
