@@ -181,7 +181,8 @@ def test_every_setting_is_a_keyword_with_a_default():
     check_parameters_default_constructible("CMMC", CMMC())
     check_no_attributes_set_in_init("CMMC", CMMC())
     names = set(inspect.signature(CMMC).parameters)
-    assert names == {"n_clusters", "random_state", "device", "config", "progress"} | config_fields()
+    fixed = {"n_clusters", "random_state", "device", "config", "variant", "progress"}
+    assert names == fixed | config_fields()
     assert set(CMMC().get_params()) == names
 
 
