@@ -30,6 +30,13 @@ LATER_FIELDS: dict[str, Any] = {
     "pseudo_labels": "kmeans",
 }
 
+
+def drop_later_defaults(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` without the :data:`LATER_FIELDS` that are at their defaults: what configurations
+    and stage keys are hashed from, so keys made before a field existed stay valid."""
+    return {k: v for k, v in fields.items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
+
+
 # Schedule profiles: "paper" is the official schedule (contrastive epochs per dataset come from
 # the registry); "quick" is a smoke-test schedule for CI and for trying things out.
 PROFILES: dict[str, dict[str, Any]] = {
@@ -120,7 +127,7 @@ class Config:
         """Plain-JSON form (tuples become lists; :data:`LATER_FIELDS` only when set)."""
         d = dataclasses.asdict(self)
         d["losses"] = list(self.losses)
-        return {k: v for k, v in d.items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
+        return drop_later_defaults(d)
 
     def batch_for(self, n_samples: int) -> int:
         """Mini-batch size on a set of ``n_samples``: ``batch_size``, at most N, and at most

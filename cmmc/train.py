@@ -40,7 +40,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
 from cmmc import losses as L
-from cmmc.config import LATER_FIELDS, Config
+from cmmc.config import LATER_FIELDS, Config, drop_later_defaults
 from cmmc.matching import match_pseudo_labels
 from cmmc.metrics import evaluate
 from cmmc.model import CMMCNetwork
@@ -71,10 +71,7 @@ def stage_fields(stage: str) -> tuple[str, ...]:
 def stage_key(config: Config, stage: str, identity: dict[str, Any] | None = None) -> str:
     """16-hex hash of the fields of :func:`stage_fields` and ``identity`` (data set, data
     options, seed, device, ...: whatever else the caller's state depends on)."""
-    payload: dict[str, Any] = {f: getattr(config, f) for f in stage_fields(stage)}
-    for f, default in LATER_FIELDS.items():  # keys made before a field existed stay valid
-        if f in payload and payload[f] == default:
-            del payload[f]
+    payload = drop_later_defaults({f: getattr(config, f) for f in stage_fields(stage)})
     clash = set(payload) & set(identity or {})
     if clash:
         raise ValueError(f"identity repeats config fields {sorted(clash)}")
