@@ -104,3 +104,24 @@ def test_spectral_pseudo_labels_find_separated_groups():
     with pytest.raises(ValueError, match="pseudo_labels"):
         Config(pseudo_labels="dbscan")
     assert "pseudo_labels" not in Config().to_dict()
+
+
+def test_records_rate_the_pseudo_labels_of_every_view():
+    """A record's pseudo-label entry per view against closed forms: a relabelled copy of the
+    truth scores 1 with all K clusters; a single cluster scores the largest class's share."""
+    from types import SimpleNamespace
+
+    from cmmc.experiments.kinds import fitted_body
+
+    y = np.repeat(np.arange(4), [10, 20, 30, 40])
+    perm = np.array([2, 0, 3, 1])[y]
+    model = SimpleNamespace(
+        labels_=perm, history_=[{"phase": "finetune", "loss": 1.0}], phase_seconds_={},
+        pseudo_labels_=[perm, np.zeros_like(y)],
+    )  # fmt: skip
+    ds = SimpleNamespace(labels=y, n_clusters=4, views=None)
+    body = fitted_body({"options": {}, "seed": 0}, ds, model)
+    first, second = body["pseudo_labels"]
+    assert first["ACC"] == pytest.approx(1.0) and first["clusters_used"] == 4
+    assert second["ACC"] == pytest.approx(0.4) and second["clusters_used"] == 1
+    assert second["NMI"] == pytest.approx(0.0, abs=1e-9)

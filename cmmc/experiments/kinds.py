@@ -114,6 +114,11 @@ def fitted_body(task: Task, ds: Dataset, model: CMMC) -> dict[str, Any]:
     rec["final_loss"] = model.history_[-1]["loss"] if model.history_ else None
     rec["history"] = model.history_
     rec["phase_seconds"] = model.phase_seconds_
+    if model.pseudo_labels_ is not None:  # phase 3's targets: how good they were, per view
+        rec["pseudo_labels"] = [
+            {**evaluate(ds.labels, p), "clusters_used": int(len(np.unique(p)))}
+            for p in model.pseudo_labels_
+        ]
     if task["options"].get("multilevel"):
         rec["multilevel"] = multilevel(
             model.embed(ds.views), ds.labels, ds.n_clusters, task["seed"]
