@@ -155,3 +155,49 @@ def test_findings_frame_verdicts_and_best_baseline():
     assert f.loc["HW", "best_baseline_ACC_mean"] == pytest.approx(0.9)
     assert bool(f.loc["HW", "baseline_beats_code"])
     assert not bool(f.loc["MNIST-USPS", "baseline_beats_code"])  # no baseline recorded
+
+
+def test_robust_comparison_against_hand_computed_means_and_verdicts():
+    """Three sets from registry K's: met (robust at the best baseline - 0.005), missed (robust 0.02
+    below the faithful form), not yet measured (no robust runs)."""
+
+    def run(ds, variant, seed, acc, used, secs, device="cpu"):
+        return {"dataset": ds, "variant": variant, "seed": seed, "profile": "paper",
+                "device": device, "metrics": {"ACC": acc}, "clusters_used": used,
+                "n_clusters": 20 if ds == "Multi-COIL-20" else 10, "total_seconds": secs}  # fmt: skip
+
+    def base(ds, seed, accs):
+        return {"dataset": ds, "seed": seed, "profile": "paper", "n_samples": 480,
+                "baselines": {m: {"ACC": a} for m, a in accs.items()}}  # fmt: skip
+
+    faithful = [run("Multi-COIL-20", "code", s, a, 12, 90) for s, a in enumerate([0.5, 0.4])]
+    faithful += [run("Multi-COIL-10", "code", s, a, 10, 80) for s, a in enumerate([0.80, 0.84])]
+    faithful += [run("ALOI", "code", 0, 0.7, 10, 100, device="cuda")]
+    robust = [
+        run("Multi-COIL-20", "robust", s, a, u, 200) for s, a, u in [(0, 0.8, 20), (1, 0.78, 18)]
+    ]
+    robust += [run("Multi-COIL-10", "robust", s, 0.80, 10, 160) for s in range(2)]
+    robust += [run("Multi-COIL-20", "robust", 0, 0.1, 2, 1, device="cpu") | {"profile": "quick"}]
+    baselines = [
+        base("Multi-COIL-20", s, {"kmeans": 0.7, "spectral": a}) for s, a in enumerate([0.8, 0.79])
+    ]
+    baselines += [base("Multi-COIL-10", 0, {"kmeans": 0.6})]
+    out = report.robust_comparison(
+        ["Multi-COIL-20", "Multi-COIL-10", "ALOI"], faithful, robust, baselines
+    )
+    out = out.set_index("dataset")
+    verdict = out.columns[-1]
+    # Multi-COIL-20: robust 0.79, faithful 0.45, best baseline spectral 0.795: 0.79 >= 0.785.
+    assert out.loc["Multi-COIL-20", "_robust"] == pytest.approx(0.79)
+    assert out.loc["Multi-COIL-20", "_base"] == pytest.approx(0.795)
+    assert out.loc["Multi-COIL-20", "best baseline"] == "0.795 (spectral)"
+    assert out.loc["Multi-COIL-20", "min share of K used"] == 0.9  # 18 of 20; quick run ignored
+    assert out.loc["Multi-COIL-20", "time robust / faithful (CPU)"] == pytest.approx(
+        200 / 90, abs=0.01
+    )
+    assert out.loc["Multi-COIL-20", verdict] == "met"
+    # Multi-COIL-10: faithful 0.82 wins; robust 0.80 is 0.02 below it.
+    assert out.loc["Multi-COIL-10", verdict] == "missed"
+    # ALOI: no robust runs, and its faithful run on a GPU gives no CPU time ratio.
+    assert out.loc["ALOI", verdict] == "not yet measured"
+    assert np.isnan(out.loc["ALOI", "_robust"])

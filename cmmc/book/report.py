@@ -676,6 +676,72 @@ def findings_frame(
     return pd.DataFrame(rows, columns=cols)
 
 
+def robust_comparison(
+    sets: Sequence[str],
+    faithful: Iterable[Mapping[str, Any]],
+    robust: Iterable[Mapping[str, Any]],
+    baselines: Iterable[Mapping[str, Any]],
+    tol: float = 0.01,
+) -> pd.DataFrame:
+    """Per data set of ``sets``: the faithful and robust mean ACC (paper schedule), the best
+    simple baseline (whole set), the smallest share of the K clusters that a robust run used,
+    robust over faithful seconds where both ran on a CPU, and the verdict of the target
+    robust >= max(baseline, faithful) - ``tol`` ("not yet measured" until all three exist).
+
+    Columns starting with ``_`` hold unrounded values (``_faithful``, ``_robust``, ``_base``).
+
+    Used by: book/beyond.md, intro.md.
+    """
+    faithful = [r for r in faithful if r.get("profile") == "paper"]
+    robust = [r for r in robust if r.get("profile") == "paper"]
+
+    def acc(recs):
+        df = records_frame(recs)
+        return df.groupby("dataset").ACC.agg(["mean", "std", "count"]) if len(df) else None
+
+    code, rob = acc(faithful), acc(robust)
+    bdf = baselines_frame([r for r in baselines if r.get("profile") == "paper"])
+    best = best_baseline(bdf) if len(bdf) else pd.DataFrame(columns=["dataset", "n_samples"])
+    best = best.sort_values("n_samples").groupby("dataset").tail(1).set_index("dataset")
+    rows = []
+    for ds in sets:
+        k = int(get_spec(ds)["K"])
+        row: dict[str, Any] = {"dataset": ds, "K": k}
+        for name, table in (("faithful", code), ("robust", rob)):
+            if table is not None and ds in table.index:
+                row[name] = fmt_mean_std(table.loc[ds, "mean"], table.loc[ds, "std"])
+                row[f"{name} seeds"] = str(int(table.loc[ds, "count"]))
+                row[f"_{name}"] = table.loc[ds, "mean"]
+        if ds in best.index:
+            row["best baseline"] = f"{best.loc[ds, 'ACC']:.3f} ({best.loc[ds, 'method']})"
+            row["_base"] = best.loc[ds, "ACC"]
+        shares = [r.get("clusters_used", 0) / r["n_clusters"] for r in robust if r["dataset"] == ds]
+        if shares:
+            row["min share of K used"] = round(min(shares), 2)
+        secs = {
+            name: [
+                r["total_seconds"] for r in recs if r["dataset"] == ds and r.get("device") == "cpu"
+            ]
+            for name, recs in (("faithful", faithful), ("robust", robust))
+        }
+        if secs["faithful"] and secs["robust"]:  # the same kind of device: both on a CPU
+            ratio = np.mean(secs["robust"]) / np.mean(secs["faithful"])
+            row["time robust / faithful (CPU)"] = round(float(ratio), 2)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    for col in ("_faithful", "_robust", "_base"):
+        if col not in out:
+            out[col] = np.nan
+
+    def verdict(r):
+        if np.isnan(r["_robust"]) or np.isnan(r["_faithful"]) or np.isnan(r["_base"]):
+            return "not yet measured"
+        return "met" if r["_robust"] >= max(r["_base"], r["_faithful"]) - tol else "missed"
+
+    out[f"target (≥ max − {tol:g})"] = out.apply(verdict, axis=1)
+    return out
+
+
 def findings_display(findings: pd.DataFrame) -> pd.DataFrame:
     """The findings table for a page: strings, published numbers with their {cite} role.
 
