@@ -191,7 +191,8 @@ def test_robust_comparison_against_hand_computed_means_and_verdicts():
     assert out.loc["Multi-COIL-20", "_robust"] == pytest.approx(0.79)
     assert out.loc["Multi-COIL-20", "_base"] == pytest.approx(0.795)
     assert out.loc["Multi-COIL-20", "best baseline"] == "0.795 (spectral)"
-    assert out.loc["Multi-COIL-20", "min share of K used"] == 0.9  # 18 of 20; quick run ignored
+    assert out.loc["Multi-COIL-20", "robust: min share of K used"] == 0.9  # 18/20; quick ignored
+    assert out.loc["Multi-COIL-20", "faithful: min share of K used"] == 0.6
     assert out.loc["Multi-COIL-20", "time robust / faithful (CPU)"] == pytest.approx(
         200 / 90, abs=0.01
     )

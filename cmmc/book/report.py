@@ -715,9 +715,11 @@ def robust_comparison(
         if ds in best.index:
             row["best baseline"] = f"{best.loc[ds, 'ACC']:.3f} ({best.loc[ds, 'method']})"
             row["_base"] = best.loc[ds, "ACC"]
-        shares = [r.get("clusters_used", 0) / r["n_clusters"] for r in robust if r["dataset"] == ds]
-        if shares:
-            row["min share of K used"] = round(min(shares), 2)
+        for name, recs in (("faithful", faithful), ("robust", robust)):
+            shares = [r["clusters_used"] / r["n_clusters"] for r in recs
+                      if r["dataset"] == ds and "clusters_used" in r]  # fmt: skip
+            if shares:  # records made before clusters_used was recorded have none
+                row[f"{name}: min share of K used"] = round(min(shares), 2)
         secs = {
             name: [
                 r["total_seconds"] for r in recs if r["dataset"] == ds and r.get("device") == "cpu"
