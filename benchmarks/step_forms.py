@@ -58,8 +58,16 @@ def main() -> None:
     # Inner layers: encoder layers 1-3 (500-500-2000-512), decoder layers 0-2 (512-2000-500-500).
     inner = [[e[i] for e in encs] for i in (1, 2, 3)] + [[d[i] for d in decs] for i in (0, 1, 2)]
 
+    def recon(xrs, xs):
+        return sum(F.mse_loss(xr, x) for xr, x in zip(xrs, xs, strict=True))
+
+    def stacked():
+        """The inner layers' weights and biases, stacked over the views (a copy with grads)."""
+        return ([torch.stack([m.weight for m in layer]) for layer in inner],
+                [torch.stack([m.bias for m in layer]) for layer in inner])  # fmt: skip
+
     def per_view(xs):
-        return sum(F.mse_loss(xr, x) for xr, x in zip(net.reconstruct(xs), xs, strict=True))
+        return recon(net.reconstruct(xs), xs)
 
     def forward_batched(xs, ws, bs):
         h = torch.stack([F.relu(e[0](x)) for e, x in zip(encs, xs, strict=True)])
@@ -70,26 +78,17 @@ def main() -> None:
         return [d[3](h[v]) for v, d in enumerate(decs)]
 
     def views_batched(xs):
-        ws = [torch.stack([m.weight for m in layer]) for layer in inner]
-        bs = [torch.stack([m.bias for m in layer]) for layer in inner]
-        xrs = forward_batched(xs, ws, bs)
-        return sum(F.mse_loss(xr, x) for xr, x in zip(xrs, xs, strict=True))
+        return recon(forward_batched(xs, *stacked()), xs)
 
-    stacked_w = [
-        torch.stack([m.weight for m in layer]).detach().requires_grad_() for layer in inner
-    ]
-    stacked_b = [torch.stack([m.bias for m in layer]).detach().requires_grad_() for layer in inner]
+    stacked_w, stacked_b = ([t.detach().requires_grad_() for t in ts] for ts in stacked())
 
     def views_prestacked(xs):
-        xrs = forward_batched(xs, stacked_w, stacked_b)
-        return sum(F.mse_loss(xr, x) for xr, x in zip(xrs, xs, strict=True))
+        return recon(forward_batched(xs, stacked_w, stacked_b), xs)
 
     # Same weights, same batch: is the batched computation the per-view one?
     with torch.no_grad():
         ref = net.reconstruct(xs)
-        ws = [torch.stack([m.weight for m in layer]) for layer in inner]
-        bs = [torch.stack([m.bias for m in layer]) for layer in inner]
-        bat = forward_batched(xs, ws, bs)
+        bat = forward_batched(xs, *stacked())
     forward_equal = all(torch.equal(a, b) for a, b in zip(ref, bat, strict=True))
     grads = []
     for fn in (per_view, views_batched):
