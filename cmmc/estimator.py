@@ -30,7 +30,8 @@ class CMMC(ClusterMixin, BaseEstimator):
         settings and schedule).
     variant : a named configuration applied over ``config`` (:data:`cmmc.config.VARIANTS`):
         None or "faithful" (the official code), "fast" (bf16 where the hardware has it, fused
-        Adam), "robust" (for small sets with many clusters; see the book's "Beyond the paper").
+        Adam), "robust" (for small sets with many clusters, not with a few clusters; see the
+        book's "Beyond the paper").
     progress : show tqdm progress bars.
     pretrain_epochs, contrastive_epochs, ..., precision, fused_adam : every
         :class:`~cmmc.config.Config` field; ``None`` (the default) keeps the base config's value.

@@ -202,3 +202,36 @@ def test_robust_comparison_against_hand_computed_means_and_verdicts():
     # ALOI: no robust runs, and its faithful run on a GPU gives no CPU time ratio.
     assert out.loc["ALOI", verdict] == "not yet measured"
     assert np.isnan(out.loc["ALOI", "_robust"])
+
+
+def test_robust_comparison_provisional_verdict_and_cpu_time_from_other_records():
+    """With 3 planned seeds, a set with 2 robust seeds gets "met so far"; a faithful form that ran
+    on a GPU takes its CPU time from ``faithful_time`` records (mean 50 s: ratio 150 / 50 = 3),
+    but only where the faithful runs have no CPU time of their own."""
+
+    def run(variant, seed, acc, secs, device="cpu"):
+        return {"dataset": "Multi-COIL-10", "variant": variant, "seed": seed, "profile": "paper",
+                "device": device, "metrics": {"ACC": acc}, "clusters_used": 10,
+                "n_clusters": 10, "total_seconds": secs}  # fmt: skip
+
+    faithful = [run("code", s, 0.6, 9, device="cuda") for s in range(3)]
+    robust = [run("robust", s, 0.8, 150) for s in range(2)]
+    timed = [run("code", 0, 0.6, 40), run("code", 1, 0.6, 60)]
+    baselines = [{"dataset": "Multi-COIL-10", "seed": 0, "profile": "paper", "n_samples": 240,
+                  "baselines": {"kmeans": {"ACC": 0.7}}}]  # fmt: skip
+    sets = ["Multi-COIL-10"]
+    out = report.robust_comparison(sets, faithful, robust, baselines, seeds_planned=3)
+    assert out.iloc[0, -1] == "met so far"
+    assert "time robust / faithful (CPU)" not in out  # the faithful runs were on a GPU
+    out = report.robust_comparison(
+        sets, faithful, robust + [run("robust", 2, 0.8, 150)], baselines, seeds_planned=3,
+        faithful_time=timed,
+    )  # fmt: skip
+    assert out.iloc[0, -1] == "met"
+    assert out.loc[0, "time robust / faithful (CPU)"] == pytest.approx(3.0)
+    # Faithful runs of their own on a CPU (100 s) take precedence over faithful_time's.
+    cpu_faithful = [run("code", s, 0.6, 100) for s in range(3)]
+    out = report.robust_comparison(
+        sets, cpu_faithful, robust, baselines, seeds_planned=3, faithful_time=timed
+    )
+    assert out.loc[0, "time robust / faithful (CPU)"] == pytest.approx(1.5)
