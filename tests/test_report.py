@@ -235,3 +235,12 @@ def test_robust_comparison_provisional_verdict_and_cpu_time_from_other_records()
         sets, cpu_faithful, robust, baselines, seeds_planned=3, faithful_time=timed
     )
     assert out.loc[0, "time robust / faithful (CPU)"] == pytest.approx(1.5)
+
+
+def test_verdict_counts_counts_final_and_provisional_verdicts_apart():
+    """Five rows written by hand: 2 met, 1 missed, 1 "missed so far", 1 not yet measured."""
+    cmp = pd.DataFrame({
+        "dataset": list("abcde"),
+        "target (≥ max − 0.01)": ["met", "missed", "met", "missed so far", "not yet measured"],
+    })  # fmt: skip
+    assert report.verdict_counts(cmp) == {"met": 2, "measured": 3, "partial": 1, "sets": 5}

@@ -756,6 +756,21 @@ def robust_comparison(
     return out
 
 
+def verdict_counts(cmp: pd.DataFrame) -> dict[str, int]:
+    """Count the verdicts of a :func:`robust_comparison` table: ``met`` and ``measured`` (sets
+    with every planned seed), ``partial`` (a provisional "... so far") and ``sets`` (all rows).
+
+    Used by: book/beyond.md, intro.md.
+    """
+    verdicts = cmp[[c for c in cmp.columns if c.startswith("target")][0]]
+    return {
+        "met": int((verdicts == "met").sum()),
+        "measured": int(verdicts.isin(["met", "missed"]).sum()),
+        "partial": int(verdicts.str.endswith("so far").sum()),
+        "sets": len(cmp),
+    }
+
+
 def findings_display(findings: pd.DataFrame) -> pd.DataFrame:
     """The findings table for a page: strings, published numbers with their {cite} role.
 
