@@ -292,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:  # FloatingPointError: a
+        # diverged run (cmmc.train.NonFiniteLoss), named with its seed, phase and epoch
         print(f"cmmc: error: {err}", file=sys.stderr)
         return 2
 

@@ -48,10 +48,15 @@ def label_contrastive(q_m: torch.Tensor, q_n: torch.Tensor, tau: float = 1.0) ->
 
 
 def entropy_regulariser(q: torch.Tensor) -> torch.Tensor:
-    """log K - H(p) with p the batch mean of the assignments: 0 when clusters are used evenly."""
+    """log K - H(p) with p the batch mean of the assignments: 0 when clusters are used evenly.
+
+    A cluster whose probabilities all underflow to 0 in a batch contributes 0 (the limit of
+    p log p) and no gradient; the official code's ``p * log(p)`` gives NaN there, and is
+    otherwise computed the same, to the bit.
+    """
     p = q.sum(0)
     p = p / p.sum()
-    return math.log(p.shape[0]) + (p * torch.log(p)).sum()
+    return math.log(p.shape[0]) + (p * torch.log(torch.where(p > 0, p, torch.ones_like(p)))).sum()
 
 
 def reconstruction(x: torch.Tensor, x_rec: torch.Tensor, form: str = "mean") -> torch.Tensor:

@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 import warnings
@@ -77,6 +78,10 @@ def stage_key(config: Config, stage: str, identity: dict[str, Any] | None = None
         raise ValueError(f"identity repeats config fields {sorted(clash)}")
     payload.update(identity or {})
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class NonFiniteLoss(FloatingPointError):
+    """Training produced a NaN or infinite loss: the message names the seed, phase and epoch."""
 
 
 @dataclass
@@ -601,10 +606,22 @@ class Trainer:
         for _ in bar:
             t0 = time.perf_counter()
             terms = self.epoch_losses(name)
+            self._check_finite(name, terms)
             self._record(name, terms, time.perf_counter() - t0)
             bar.set_postfix(loss=f"{sum(terms[0].values()):.4f}")
         self.phase_seconds[name] = time.perf_counter() - start
         return True
+
+    def _check_finite(self, phase: str, terms: list[dict[str, float]]) -> None:
+        """Stop at the first epoch whose mean loss is not finite, naming it, rather than fail
+        later in k-means or return labels read from NaN weights."""
+        for i, t in enumerate(terms):
+            bad = {k: v for k, v in t.items() if not math.isfinite(v)}
+            if bad:
+                raise NonFiniteLoss(
+                    f"seed {self.seeds[i]}: {phase} epoch {self.epoch + 1} (of the whole run): "
+                    f"loss terms {bad} are not finite; weights and labels would be meaningless"
+                )
 
     def _pretrain_groups(self) -> tuple[list[int], list[int]] | None:
         """Members with the same seed start from the same weights and shuffles, and

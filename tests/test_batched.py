@@ -191,3 +191,15 @@ def test_every_config_field_belongs_to_one_phase_and_keys_follow_them():
         stage_key(cfg, "pretrain", {"lr": 1})
     with pytest.raises(ValueError, match="unknown stage"):
         stage_fields("warmup")
+
+
+def test_a_diverging_run_stops_at_its_first_non_finite_epoch_naming_it():
+    """A learning rate of 1e30 overflows the weights within a few steps: the run must stop with
+    NonFiniteLoss naming the seed and a phase, before k-means sees NaN features."""
+    from cmmc.train import NonFiniteLoss
+
+    views, y = make_multiview_blobs(100, 3, 2, seed=0)
+    tr = Trainer.for_data(views, y, 3, small_config(lr=1e30), 7, progress=False)
+    with pytest.raises(NonFiniteLoss, match=r"seed 7: (pretrain|contrastive) epoch \d+"):
+        tr.fit()
+    assert tr.pseudo_labels is None  # stopped before the fine-tuning's k-means

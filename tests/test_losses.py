@@ -92,6 +92,31 @@ def test_entropy_regulariser_matches_loop_and_closed_forms():
     assert L.entropy_regulariser(collapsed).item() == pytest.approx(math.log(4), abs=1e-6)
 
 
+def test_entropy_regulariser_is_the_official_form_to_the_bit_and_finite_on_an_empty_cluster():
+    """Without empty clusters: the same bits as the official ``p * log(p)`` (value and gradient,
+    fp32 as in training). With a cluster whose probabilities are all 0: the closed form over the
+    other clusters (0 log 0 = 0), where the official form gives NaN, and a finite gradient."""
+    torch.manual_seed(0)
+    logits = torch.randn(68, 4, requires_grad=True)
+
+    def official(q):
+        p = q.sum(0)
+        p = p / p.sum()
+        return math.log(p.shape[0]) + (p * torch.log(p)).sum()
+
+    q = torch.softmax(logits * 5, dim=1)
+    ours, theirs = L.entropy_regulariser(q), official(q)
+    assert torch.equal(ours, theirs)
+    g_ours = torch.autograd.grad(ours, logits, retain_graph=True)[0]
+    assert torch.equal(g_ours, torch.autograd.grad(theirs, logits)[0])
+    dead = torch.tensor([[0.5, 0.5, 0.0], [0.25, 0.75, 0.0]], requires_grad=True)
+    assert torch.isnan(official(dead))
+    v = L.entropy_regulariser(dead)
+    p = [0.75 / 2, 1.25 / 2]  # column sums over the total of 2
+    assert v.item() == pytest.approx(math.log(3) + sum(x * math.log(x) for x in p), rel=1e-6)
+    assert torch.isfinite(torch.autograd.grad(v, dead)[0]).all()
+
+
 def test_reconstruction_forms():
     x = torch.arange(6.0).reshape(2, 3)
     r = torch.zeros(2, 3)

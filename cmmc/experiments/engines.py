@@ -35,7 +35,7 @@ from cmmc.experiments.records import (
     round_floats,
     write_json_atomic,
 )
-from cmmc.train import use_deterministic_cuda
+from cmmc.train import NonFiniteLoss, use_deterministic_cuda
 
 _RUNS_IN_PROCESS = 0  # ru_maxrss is a per-process maximum: only a process's first run owns it
 
@@ -98,6 +98,11 @@ def _stored(tasks: Iterable[Task]) -> list[dict[str, Any]]:
     return [json.loads(Path(t["path"]).read_text()) for t in tasks if Path(t["path"]).exists()]
 
 
+def run_name(task: Task) -> str:
+    """A run as a person would name it: experiment, data set, variant, seed."""
+    return f"{task['experiment']} {task['dataset']} {task['variant']} seed {task['seed']}"
+
+
 def run_task(task: Task, threads: int | None = None) -> dict[str, Any]:
     """Run one task in this process and write its record; returns the record (or the stored
     one, without running, when it exists)."""
@@ -107,7 +112,10 @@ def run_task(task: Task, threads: int | None = None) -> dict[str, Any]:
     kind = kind_of(task)
     device, started, t0 = _start_run(task["device"], threads)
     ds = task_data(task)
-    body = kind.run(task, ds, device)
+    try:
+        body = kind.run(task, ds, device)
+    except NonFiniteLoss as err:
+        raise NonFiniteLoss(f"{run_name(task)}: {err}") from None
     record = _assemble(task, device, ds, body, time.perf_counter() - t0, started)
     write_json_atomic(path, record)
     return record
@@ -164,7 +172,10 @@ def run_batch(
     kind = kind_of(todo[0])
     device, started, t0 = _start_run(todo[0]["device"], threads)
     ds = task_data(todo[0])
-    bodies = kind.run_batch(todo, ds, device, share_pretraining)
+    try:
+        bodies = kind.run_batch(todo, ds, device, share_pretraining)
+    except NonFiniteLoss as err:
+        raise NonFiniteLoss(f"batch of {', '.join(map(run_name, todo))}: {err}") from None
     seconds = time.perf_counter() - t0  # the batch's wall time, analyses included
     members = [
         {"seed": t["seed"], **{k: t["config"][k] for k in MEMBER_FIELDS}, "key": t["key"]}
@@ -206,6 +217,7 @@ def run_grid(
         return done
     threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
     groups = batches(todo, batch)
+    failed: list[str] = []
     bar = tqdm(total=len(todo), desc="runs", disable=not progress)
     if engine == "dask":
         done += _run_dask(groups, workers, threads, scheduler, bar)
@@ -215,9 +227,13 @@ def run_grid(
         if workers <= 1 and not fresh:
             worker_init(threads)
             for g in groups:
-                recs = run_batch(g)
+                try:
+                    recs = run_batch(g)
+                except NonFiniteLoss as err:  # one diverged run: no record, the grid goes on
+                    failed.append(str(err))
+                    recs = []
                 done.extend(recs)
-                bar.update(len(recs))
+                bar.update(len(g))
         else:
             with ProcessPoolExecutor(
                 max(workers, 1),
@@ -226,13 +242,23 @@ def run_grid(
                 initargs=(threads,),
                 max_tasks_per_child=1,  # a fresh process per run: honest peak memory
             ) as pool:
-                for fut in as_completed([pool.submit(run_batch, g) for g in groups]):
-                    recs = fut.result()
+                futures = {pool.submit(run_batch, g): g for g in groups}
+                for fut in as_completed(futures):
+                    try:
+                        recs = fut.result()
+                    except NonFiniteLoss as err:
+                        failed.append(str(err))
+                        recs = []
                     done.extend(recs)
-                    bar.update(len(recs))
+                    bar.update(len(futures[fut]))
     else:
         raise ValueError(f"engine must be 'local' or 'dask', got {engine!r}")
     bar.close()
+    if failed:
+        raise NonFiniteLoss(
+            f"{len(failed)} run(s) diverged and have no record (the others do):\n"
+            + "\n".join(failed)
+        )
     return done
 
 
