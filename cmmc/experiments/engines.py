@@ -197,6 +197,16 @@ def run_batch(
 # --------------------------------------------------------------------------------------------
 # Grids
 # --------------------------------------------------------------------------------------------
+def _unless_diverged(get: Any, failed: list[str]) -> list[dict[str, Any]]:
+    """The records ``get()`` returns; a diverged run leaves none and its error joins
+    ``failed``, so that the grid goes on."""
+    try:
+        return get()
+    except NonFiniteLoss as err:
+        failed.append(str(err))
+        return []
+
+
 def run_grid(
     tasks: list[Task],
     workers: int = 1,
@@ -227,12 +237,7 @@ def run_grid(
         if workers <= 1 and not fresh:
             worker_init(threads)
             for g in groups:
-                try:
-                    recs = run_batch(g)
-                except NonFiniteLoss as err:  # one diverged run: no record, the grid goes on
-                    failed.append(str(err))
-                    recs = []
-                done.extend(recs)
+                done.extend(_unless_diverged(lambda g=g: run_batch(g), failed))
                 bar.update(len(g))
         else:
             with ProcessPoolExecutor(
@@ -244,12 +249,7 @@ def run_grid(
             ) as pool:
                 futures = {pool.submit(run_batch, g): g for g in groups}
                 for fut in as_completed(futures):
-                    try:
-                        recs = fut.result()
-                    except NonFiniteLoss as err:
-                        failed.append(str(err))
-                        recs = []
-                    done.extend(recs)
+                    done.extend(_unless_diverged(fut.result, failed))
                     bar.update(len(futures[fut]))
     else:
         raise ValueError(f"engine must be 'local' or 'dask', got {engine!r}")
