@@ -168,6 +168,23 @@ def test_dask_local_cluster_gives_the_same_records(tmp_path):
     assert local[0]["metrics"] == dask[0]["metrics"]
 
 
+@needs_data
+@pytest.mark.parametrize("engine", ["local", "dask"])
+def test_a_diverged_run_leaves_no_record_and_the_grid_goes_on(tmp_path, engine):
+    """Seed 0 with a learning rate of 1e30 diverges; seed 1 must still get its record, and the
+    grid must end with one error that names the diverged run."""
+    if engine == "dask":
+        pytest.importorskip("distributed")
+    diverging, fine = tiny_plan(tmp_path, seeds=(0, 1))
+    diverging["config"] = {**diverging["config"], "lr": 1e30}
+    with pytest.raises(
+        FloatingPointError, match=r"1 run\(s\) diverged[\s\S]*main Synthetic3d code seed 0"
+    ):
+        ex.run_grid([diverging, fine], engine=engine, workers=1, progress=False)
+    assert not Path(diverging["path"]).exists()
+    assert json.loads(Path(fine["path"]).read_text())["seed"] == 1
+
+
 def test_scalability_subsets_never_exceed_their_set(tmp_path):
     tasks = ex.plan("scalability", results_dir=tmp_path)
     sizes = {}

@@ -230,7 +230,7 @@ def run_grid(
     failed: list[str] = []
     bar = tqdm(total=len(todo), desc="runs", disable=not progress)
     if engine == "dask":
-        done += _run_dask(groups, workers, threads, scheduler, bar)
+        done += _run_dask(groups, workers, threads, scheduler, bar, failed)
     elif engine == "local":
         os.environ["CMMC_CONCURRENT_RUNS"] = str(max(workers, 1))  # recorded with each run
         fresh = any(kind_of(t).fresh_process for t in todo)
@@ -263,7 +263,12 @@ def run_grid(
 
 
 def _run_dask(
-    groups: list[list[Task]], workers: int, threads: int, scheduler: str | None, bar: tqdm
+    groups: list[list[Task]],
+    workers: int,
+    threads: int,
+    scheduler: str | None,
+    bar: tqdm,
+    failed: list[str],
 ) -> list[dict[str, Any]]:
     # Imported here: Dask is the optional `distributed` extra, needed only by this engine.
     from distributed import Client, LocalCluster
@@ -283,11 +288,10 @@ def _run_dask(
         client = Client(cluster)
     out = []
     try:
-        futures = [client.submit(run_batch, g, threads, pure=False) for g in groups]
-        for fut in dask_completed(futures):
-            recs = fut.result()
-            out.extend(recs)
-            bar.update(len(recs))
+        futures = {client.submit(run_batch, g, threads, pure=False): g for g in groups}
+        for fut in dask_completed(list(futures)):
+            out.extend(_unless_diverged(fut.result, failed))
+            bar.update(len(futures[fut]))
     finally:
         client.close()
         if cluster is not None:
