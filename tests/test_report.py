@@ -10,6 +10,8 @@ import pytest
 
 from cmmc.book import report
 
+AVX2 = {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "cpu_count": 2, "torch": "2.13.0+cpu"}
+
 
 def frame(rows):
     return pd.DataFrame(
@@ -164,7 +166,8 @@ def test_robust_comparison_against_hand_computed_means_and_verdicts():
     def run(ds, variant, seed, acc, used, secs, device="cpu"):
         return {"dataset": ds, "variant": variant, "seed": seed, "profile": "paper",
                 "device": device, "metrics": {"ACC": acc}, "clusters_used": used,
-                "n_clusters": 20 if ds == "Multi-COIL-20" else 10, "total_seconds": secs}  # fmt: skip
+                "n_clusters": 20 if ds == "Multi-COIL-20" else 10, "total_seconds": secs,
+                "environment": AVX2}  # fmt: skip
 
     def base(ds, seed, accs):
         return {"dataset": ds, "seed": seed, "profile": "paper", "n_samples": 480,
@@ -209,14 +212,15 @@ def test_robust_comparison_provisional_verdict_and_cpu_time_from_other_records()
     on a GPU takes its CPU time from ``faithful_time`` records (mean 50 s: ratio 150 / 50 = 3),
     but only where the faithful runs have no CPU time of their own."""
 
-    def run(variant, seed, acc, secs, device="cpu"):
+    def run(variant, seed, acc, secs, device="cpu", env=AVX2):
         return {"dataset": "Multi-COIL-10", "variant": variant, "seed": seed, "profile": "paper",
                 "device": device, "metrics": {"ACC": acc}, "clusters_used": 10,
-                "n_clusters": 10, "total_seconds": secs}  # fmt: skip
+                "n_clusters": 10, "total_seconds": secs, "environment": env,
+                "experiment": "beyond_tried" if variant == "fused" else "main"}  # fmt: skip
 
     faithful = [run("code", s, 0.6, 9, device="cuda") for s in range(3)]
     robust = [run("robust", s, 0.8, 150) for s in range(2)]
-    timed = [run("code", 0, 0.6, 40), run("code", 1, 0.6, 60)]
+    timed = [run("fused", 0, 0.6, 40), run("fused", 1, 0.6, 60)]
     baselines = [{"dataset": "Multi-COIL-10", "seed": 0, "profile": "paper", "n_samples": 240,
                   "baselines": {"kmeans": {"ACC": 0.7}}}]  # fmt: skip
     sets = ["Multi-COIL-10"]
@@ -229,12 +233,40 @@ def test_robust_comparison_provisional_verdict_and_cpu_time_from_other_records()
     )  # fmt: skip
     assert out.iloc[0, -1] == "met"
     assert out.loc[0, "time robust / faithful (CPU)"] == pytest.approx(3.0)
+    assert out.loc[0, "faithful time from"] == "beyond_tried/fused"
     # Faithful runs of their own on a CPU (100 s) take precedence over faithful_time's.
     cpu_faithful = [run("code", s, 0.6, 100) for s in range(3)]
     out = report.robust_comparison(
         sets, cpu_faithful, robust, baselines, seeds_planned=3, faithful_time=timed
     )
     assert out.loc[0, "time robust / faithful (CPU)"] == pytest.approx(1.5)
+
+
+def test_robust_comparison_times_only_runs_of_the_same_cpu():
+    """Robust runs on two CPUs: AVX2 (2 runs, 300 s) and AVX-512 (1 run, 100 s). Faithful CPU
+    time on AVX2 only in a stand-in (150 s; a later stand-in kind of 10 s is ignored), on
+    AVX-512 a faithful run of its own (50 s); a faithful run whose record does not name its
+    vector unit (1 s) and one of another torch (1 s) match neither. Ratio, weighted by robust
+    runs: (2 * 300/150 + 1 * 100/50) / 3 = 2.0."""
+    avx512 = AVX2 | {"cpu_capability": "AVX512"}
+
+    def run(experiment, variant, secs, env):
+        return {"dataset": "Multi-COIL-10", "variant": variant, "seed": 0, "profile": "paper",
+                "device": "cpu", "metrics": {"ACC": 0.7}, "clusters_used": 10, "n_clusters": 10,
+                "total_seconds": secs, "environment": env, "experiment": experiment}  # fmt: skip
+
+    robust = [run("beyond", "robust", 300, AVX2)] * 2 + [run("beyond", "robust", 100, avx512)]
+    faithful = [run("beyond_code", "code", 50, avx512),
+                run("beyond_code", "code", 1, {"cpu": "AMD EPYC", "cpu_count": 2}),
+                run("beyond_code", "code", 1, AVX2 | {"torch": "2.12.0+cpu"})]  # fmt: skip
+    timed = [run("main", "paper", 150, AVX2), run("beyond_tried", "fused", 10, AVX2)]
+    baselines = [{"dataset": "Multi-COIL-10", "seed": 0, "profile": "paper", "n_samples": 240,
+                  "baselines": {"kmeans": {"ACC": 0.7}}}]  # fmt: skip
+    out = report.robust_comparison(["Multi-COIL-10"], faithful, robust, baselines,
+                                   faithful_time=timed)  # fmt: skip
+    assert out.loc[0, "time robust / faithful (CPU)"] == pytest.approx(2.0)
+    assert out.loc[0, "faithful time from"] == "main/paper, beyond_code/code"
+    assert report.cpu_machine(robust[0] | {"device": "cuda"}) is None
 
 
 def test_verdict_counts_counts_final_and_provisional_verdicts_apart():

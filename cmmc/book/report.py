@@ -676,6 +676,45 @@ def findings_frame(
     return pd.DataFrame(rows, columns=cols)
 
 
+def cpu_machine(record: Mapping[str, Any]) -> tuple | None:
+    """The CPU a record ran on, as far as run times compare: processor, vector unit, cores and
+    torch; None for a GPU run or a record that does not name its vector unit (apply the errata
+    first, :func:`cmmc.experiments.records.corrected`).
+
+    Used by: :func:`robust_comparison`.
+    """
+    env = record.get("environment") or {}
+    if record.get("device") != "cpu" or not env.get("cpu_capability"):
+        return None
+    return env.get("cpu"), env["cpu_capability"], env.get("cpu_count"), env.get("torch")
+
+
+def _cpu_time_ratio(
+    robust: Sequence[Mapping[str, Any]],
+    faithful: Sequence[Mapping[str, Any]],
+    stand_ins: Sequence[Mapping[str, Any]],
+) -> tuple[float | None, str]:
+    """Mean robust seconds over mean faithful seconds, machine by machine (:func:`cpu_machine`),
+    averaged over the machines weighted by their robust runs; and where the faithful seconds
+    came from ("experiment/variant", joined by ", "). (None, "") when no machine has both."""
+    ratios, weights, sources = [], [], []
+    for machine in sorted({m for r in robust if (m := cpu_machine(r))}, key=str):
+        mine = [r["total_seconds"] for r in robust if cpu_machine(r) == machine]
+        ref = [r for r in faithful if cpu_machine(r) == machine]
+        if not ref:  # the first kind of stand-in that ran on this machine
+            kinds = [(r.get("experiment"), r.get("variant")) for r in stand_ins
+                     if cpu_machine(r) == machine]  # fmt: skip
+            ref = [r for r in stand_ins if kinds and cpu_machine(r) == machine
+                   and (r.get("experiment"), r.get("variant")) == kinds[0]]  # fmt: skip
+        if ref:
+            ratios.append(np.mean(mine) / np.mean([r["total_seconds"] for r in ref]))
+            weights.append(len(mine))
+            sources += [f"{r.get('experiment')}/{r.get('variant')}" for r in ref]
+    if not ratios:
+        return None, ""
+    return float(np.average(ratios, weights=weights)), ", ".join(dict.fromkeys(sources))
+
+
 def robust_comparison(
     sets: Sequence[str],
     faithful: Iterable[Mapping[str, Any]],
@@ -687,12 +726,14 @@ def robust_comparison(
 ) -> pd.DataFrame:
     """Per data set of ``sets``: the faithful and robust mean ACC (paper schedule), the best
     simple baseline (whole set), the smallest share of the K clusters that a robust run used,
-    robust over faithful seconds where both ran on a CPU, and the verdict of the target
-    robust >= max(baseline, faithful) - ``tol`` ("not yet measured" until all three exist).
+    robust over faithful seconds on the same CPU (:func:`_cpu_time_ratio`), and the verdict of
+    the target robust >= max(baseline, faithful) - ``tol`` ("not yet measured" until all three
+    exist).
 
     ``seeds_planned``: a set with fewer robust seeds gets "met so far" / "missed so far", a
-    provisional verdict. ``faithful_time``: faithful records used only for the CPU time ratio,
-    and only for a set whose ``faithful`` records have no CPU run (they ran on a GPU).
+    provisional verdict. ``faithful_time``: stand-ins for the faithful form's CPU time (the same
+    schedule), used only for the time ratio and only on a machine where the ``faithful`` records
+    have no CPU run; where several kinds ran there, the first kind (experiment/variant) listed.
 
     Columns starting with ``_`` hold unrounded values (``_faithful``, ``_robust``, ``_base``).
 
@@ -727,17 +768,14 @@ def robust_comparison(
                       if r["dataset"] == ds and "clusters_used" in r]  # fmt: skip
             if shares:  # records made before clusters_used was recorded have none
                 row[f"{name}: min share of K used"] = round(min(shares), 2)
-        secs = {
-            name: [
-                r["total_seconds"] for r in recs if r["dataset"] == ds and r.get("device") == "cpu"
-            ]
-            for name, recs in (("faithful", faithful), ("robust", robust), ("timed", timed))
-        }
-        if not secs["faithful"]:  # the faithful ACC records ran on a GPU: other CPU records
-            secs["faithful"] = secs["timed"]
-        if secs["faithful"] and secs["robust"]:  # the same kind of device: both on a CPU
-            ratio = np.mean(secs["robust"]) / np.mean(secs["faithful"])
-            row["time robust / faithful (CPU)"] = round(float(ratio), 2)
+        ratio, source = _cpu_time_ratio(
+            [r for r in robust if r["dataset"] == ds],
+            [r for r in faithful if r["dataset"] == ds],
+            [r for r in timed if r["dataset"] == ds],
+        )
+        if ratio is not None:
+            row["time robust / faithful (CPU)"] = round(ratio, 2)
+            row["faithful time from"] = source
         rows.append(row)
     out = pd.DataFrame(rows)
     for col in ("_faithful", "_robust", "_base"):
