@@ -269,6 +269,29 @@ def test_robust_comparison_times_only_runs_of_the_same_cpu():
     assert report.cpu_machine(robust[0] | {"device": "cuda"}) is None
 
 
+def test_target_table_judges_each_target_on_the_final_sets_only():
+    """Four sets written by hand (tol 0.01, time limit 2x):
+    a: faithful 0.90 wins over base 0.80, robust 0.895: ACC met, not below faithful; 18/20 = 0.9
+       of K, time 2.5x (missed).
+    b: base 0.70 wins, faithful 0.50, robust 0.65: ACC missed; target 2 does not apply; share
+       0.85 (missed); no time ratio (not judged).
+    c: faithful 0.60 = base 0.60 (faithful wins), robust 0.58: ACC missed and 0.02 below faithful.
+    d: only part of its seeds ("met so far"): judged nowhere."""
+    cmp = pd.DataFrame({
+        "dataset": list("abcd"),
+        "_faithful": [0.90, 0.50, 0.60, 0.5], "_base": [0.80, 0.70, 0.60, 0.5],
+        "_robust": [0.895, 0.65, 0.58, 0.9],
+        "robust: min share of K used": [0.9, 0.85, 1.0, 0.1],
+        "time robust / faithful (CPU)": [2.5, np.nan, 1.0, 9.0],
+        "target (≥ max − 0.01)": ["met", "missed", "missed", "met so far"],
+    })  # fmt: skip
+    t = report.target_table(cmp)
+    assert t["met"].tolist() == ["a", "a", "a, c", "c"]
+    assert t["missed"].tolist() == ["b, c", "c", "b", "a"]
+    assert t["n met"].tolist() == [1, 1, 2, 1]
+    assert t["n judged"].tolist() == [3, 2, 3, 2]
+
+
 def test_verdict_counts_counts_final_and_provisional_verdicts_apart():
     """Five rows written by hand: 2 met, 1 missed, 1 "missed so far", 1 not yet measured."""
     cmp = pd.DataFrame({

@@ -809,6 +809,46 @@ def verdict_counts(cmp: pd.DataFrame) -> dict[str, int]:
     }
 
 
+def target_table(cmp: pd.DataFrame, tol: float = 0.01, max_time: float = 2.0) -> pd.DataFrame:
+    """The four targets of the robust variant over the sets of a :func:`robust_comparison`
+    table whose robust seeds are all recorded (final verdict): per target, the sets where it is
+    met, those where it is missed, and those it cannot be judged on (no such records).
+
+    1. ACC: robust >= max(best baseline, faithful) - ``tol`` (the table's verdict).
+    2. Where the faithful form wins (faithful >= best baseline): robust >= faithful - ``tol``.
+    3. Every robust run uses at least 90 % of the K clusters.
+    4. Robust time at most ``max_time`` times the faithful run's on the same CPU.
+
+    Used by: book/beyond.md.
+    """
+    verdict = cmp[[c for c in cmp.columns if c.startswith("target")][0]]
+    final = cmp[verdict.isin(["met", "missed"])]
+    share = final.get("robust: min share of K used", pd.Series(np.nan, index=final.index))
+    time = final.get("time robust / faithful (CPU)", pd.Series(np.nan, index=final.index))
+    wins = final["_faithful"] >= final["_base"]
+    checks = {
+        f"ACC ≥ max(best baseline, faithful) − {tol:g}": (verdict[final.index] == "met", None),
+        f"where the faithful form beats the baseline: ACC ≥ faithful − {tol:g}": (
+            final["_robust"] >= final["_faithful"] - tol,
+            wins,
+        ),
+        "every run uses ≥ 90 % of the K clusters": (share >= 0.9, share.notna()),
+        f"time ≤ {max_time:g}x the faithful run's (same CPU)": (time <= max_time, time.notna()),
+    }
+    rows = []
+    for name, (ok, applies) in checks.items():
+        applies = pd.Series(True, index=final.index) if applies is None else applies
+        names = final["dataset"]
+        rows.append({
+            "target": name,
+            "met": ", ".join(names[applies & ok]) or "–",
+            "missed": ", ".join(names[applies & ~ok]) or "–",
+            "n met": int((applies & ok).sum()),
+            "n judged": int(applies.sum()),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def findings_display(findings: pd.DataFrame) -> pd.DataFrame:
     """The findings table for a page: strings, published numbers with their {cite} role.
 
