@@ -1,6 +1,7 @@
 """Experiments: plan, records, resume after a kill, stale-config safety, Dask on loopback,
 verification, and the keys of the committed records."""
 
+import importlib
 import json
 import os
 import platform
@@ -50,6 +51,38 @@ def test_plan_keys_change_with_configuration(tmp_path):
         "main", datasets=["Synthetic3d"], seeds=[0], variants=["code"], results_dir=tmp_path
     )[0]
     assert quick_vs_paper_profile["key"] != code["key"]
+
+
+def test_seeds_per_dataset_plans_fewer_seeds_for_the_named_set(tmp_path, monkeypatch):
+    """An experiment of 3 seeds that plans 2 for BDGP: 3 + 2 tasks, seeds 0-2 and 0-1; a seed
+    list from the command line overrides both."""
+    plan_mod = importlib.import_module("cmmc.experiments.plan")  # the module, not the function
+    specs = plan_mod.experiment_specs()
+    spec = {**specs["main"], "datasets": ["Synthetic3d", "BDGP"], "seeds": 3,
+            "seeds_per_dataset": {"BDGP": 2}}  # fmt: skip
+    monkeypatch.setattr(plan_mod, "experiment_specs", lambda: {**specs, "main": spec})
+    tasks = plan_mod.plan("main", variants=["code"], results_dir=tmp_path)
+    seeds = {}
+    for t in tasks:
+        seeds.setdefault(t["dataset"], []).append(t["seed"])
+    assert seeds == {"Synthetic3d": [0, 1, 2], "BDGP": [0, 1]}
+    assert plan_mod.planned_seeds("main", "BDGP") == 2
+    assert plan_mod.planned_seeds("main", "Synthetic3d") == 3
+    tasks = plan_mod.plan("main", variants=["code"], seeds=[4], results_dir=tmp_path)
+    assert [(t["dataset"], t["seed"]) for t in tasks] == [("Synthetic3d", 4), ("BDGP", 4)]
+
+
+def test_every_experiment_names_known_sets_and_seeds_of_its_own_sets():
+    """experiments.toml: each data set is in the registry, each seeds_per_dataset key is one of
+    the experiment's data sets and plans fewer seeds than the experiment's default."""
+    from cmmc.data import get_spec
+
+    for name, spec in ex.experiment_specs().items():
+        for ds in spec["datasets"]:
+            assert get_spec(ds)["name"] == ds, (name, ds)  # raises for an unknown name
+        for ds, n in spec.get("seeds_per_dataset", {}).items():
+            assert ds in spec["datasets"], (name, ds)
+            assert 0 < n < spec["seeds"], (name, ds, n)
 
 
 def test_temperature_grid_expands_from_data(tmp_path):

@@ -232,6 +232,9 @@ def test_robust_comparison_provisional_verdict_and_cpu_time_from_other_records()
         faithful_time=timed,
     )  # fmt: skip
     assert out.iloc[0, -1] == "met"
+    per_set = report.robust_comparison(sets, faithful, robust, baselines,
+                                       seeds_planned={"Multi-COIL-10": 2, "HW": 5})  # fmt: skip
+    assert per_set.iloc[0, -1] == "met"  # 2 of 2 planned seeds: final
     assert out.loc[0, "time robust / faithful (CPU)"] == pytest.approx(3.0)
     assert out.loc[0, "faithful time from"] == "beyond_tried/fused"
     # Faithful runs of their own on a CPU (100 s) take precedence over faithful_time's.

@@ -721,7 +721,7 @@ def robust_comparison(
     robust: Iterable[Mapping[str, Any]],
     baselines: Iterable[Mapping[str, Any]],
     tol: float = 0.01,
-    seeds_planned: int | None = None,
+    seeds_planned: int | Mapping[str, int] | None = None,
     faithful_time: Iterable[Mapping[str, Any]] = (),
 ) -> pd.DataFrame:
     """Per data set of ``sets``: the faithful and robust mean ACC (paper schedule), the best
@@ -730,8 +730,8 @@ def robust_comparison(
     the target robust >= max(baseline, faithful) - ``tol`` ("not yet measured" until all three
     exist).
 
-    ``seeds_planned``: a set with fewer robust seeds gets "met so far" / "missed so far", a
-    provisional verdict. ``faithful_time``: stand-ins for the faithful form's CPU time (the same
+    ``seeds_planned`` (one number, or one per data set): a set with fewer robust seeds gets
+    "met so far" / "missed so far", a provisional verdict. ``faithful_time``: stand-ins for the faithful form's CPU time (the same
     schedule), used only for the time ratio and only on a machine where the ``faithful`` records
     have no CPU run; where several kinds ran there, the first kind (experiment/variant) listed.
 
@@ -786,7 +786,10 @@ def robust_comparison(
         if np.isnan(r["_robust"]) or np.isnan(r["_faithful"]) or np.isnan(r["_base"]):
             return "not yet measured"
         verdict = "met" if r["_robust"] >= max(r["_base"], r["_faithful"]) - tol else "missed"
-        if seeds_planned and int(r["robust seeds"]) < seeds_planned:
+        planned = (
+            seeds_planned.get(r["dataset"]) if isinstance(seeds_planned, Mapping) else seeds_planned
+        )
+        if planned and int(r["robust seeds"]) < planned:
             return f"{verdict} so far"
         return verdict
 

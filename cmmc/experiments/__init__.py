@@ -20,7 +20,7 @@ from cmmc.experiments.engines import (
     worker_init,
 )
 from cmmc.experiments.kinds import KINDS, Kind, Task, kind_of, task_data
-from cmmc.experiments.plan import expand_variants, experiment_specs, plan
+from cmmc.experiments.plan import expand_variants, experiment_specs, plan, planned_seeds
 from cmmc.experiments.records import (
     RECORD_VERSION,
     corrected,
@@ -62,6 +62,7 @@ __all__ = [
     "load_records",
     "machine_difference",
     "plan",
+    "planned_seeds",
     "rebuild_tasks",
     "record_path",
     "run_batch",

@@ -30,6 +30,13 @@ def experiment_specs() -> dict[str, dict[str, Any]]:
     return tomllib.loads(files("cmmc").joinpath("experiments.toml").read_text())
 
 
+def planned_seeds(experiment: str, dataset: str) -> int:
+    """How many seeds (0 .. n-1) an experiment plans for a data set: its ``seeds``, or the
+    data set's entry in ``seeds_per_dataset`` (fewer seeds where one run takes hours)."""
+    spec = experiment_specs()[experiment]
+    return int(spec.get("seeds_per_dataset", {}).get(dataset, spec.get("seeds", 1)))
+
+
 def expand_variants(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """An experiment's variants, name -> overrides; a ``grid`` of Config fields is expanded
     into its Cartesian product (e.g. tau_f x tau_l, named ``tau_f=0.1-tau_l=0.3``)."""
@@ -57,7 +64,7 @@ def plan(
 ) -> list[Task]:
     """Expand an experiment into tasks, one per (dataset, variant, seed, size).
 
-    ``seeds``: the seeds to run (an int n: 0..n-1; default: the experiment's ``seeds``).
+    ``seeds``: the seeds to run (an int n: 0..n-1; default: :func:`planned_seeds` per data set).
     ``n_samples`` runs every task on a seeded subset of that many samples (quick checks).
     ``sizes`` replaces the experiment's ``sizes`` (scalability): one task per sample size, named
     ``<variant>-n<size>``. A set read from files is never asked for more samples than it has.
@@ -73,7 +80,7 @@ def plan(
         raise ValueError(f"unknown variants {unknown} of {experiment}; known: {list(all_variants)}")
     if isinstance(seeds, int):
         seeds = range(seeds)
-    seed_list = list(seeds) if seeds is not None else list(range(spec.get("seeds", 1)))
+    seed_list = list(seeds) if seeds is not None else None
     planned_sizes = [int(n) for n in sizes] if sizes is not None else spec.get("sizes", [None])
     tasks = []
     for dataset in datasets or spec["datasets"]:
@@ -82,7 +89,10 @@ def plan(
             entry = get_spec(dataset)
             if not entry.get("generated"):  # subsets only: never tile a set read from files
                 sizes_here = [n for n in sizes_here if n <= int(entry.get("N") or 0)]
-        for vname, seed, n in itertools.product(chosen, seed_list, sizes_here):
+        seeds_here = (
+            seed_list if seed_list is not None else range(planned_seeds(experiment, dataset))
+        )
+        for vname, seed, n in itertools.product(chosen, seeds_here, sizes_here):
             overrides = dict(all_variants[vname])
             data_opts = {k: overrides.pop(k) for k in DATA_KEYS if k in overrides}
             if n is not None:
