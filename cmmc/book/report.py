@@ -689,6 +689,11 @@ def cpu_machine(record: Mapping[str, Any]) -> tuple | None:
     return env.get("cpu"), env["cpu_capability"], env.get("cpu_count"), env.get("torch")
 
 
+def _kind(record: Mapping[str, Any]) -> tuple:
+    """(experiment, variant) of a record."""
+    return record.get("experiment"), record.get("variant")
+
+
 def _cpu_time_ratio(
     robust: Sequence[Mapping[str, Any]],
     faithful: Sequence[Mapping[str, Any]],
@@ -701,15 +706,13 @@ def _cpu_time_ratio(
     for machine in sorted({m for r in robust if (m := cpu_machine(r))}, key=str):
         mine = [r["total_seconds"] for r in robust if cpu_machine(r) == machine]
         ref = [r for r in faithful if cpu_machine(r) == machine]
-        if not ref:  # the first kind of stand-in that ran on this machine
-            kinds = [(r.get("experiment"), r.get("variant")) for r in stand_ins
-                     if cpu_machine(r) == machine]  # fmt: skip
-            ref = [r for r in stand_ins if kinds and cpu_machine(r) == machine
-                   and (r.get("experiment"), r.get("variant")) == kinds[0]]  # fmt: skip
+        here = [r for r in stand_ins if cpu_machine(r) == machine]
+        if not ref and here:  # the first kind of stand-in that ran on this machine
+            ref = [r for r in here if _kind(r) == _kind(here[0])]
         if ref:
             ratios.append(np.mean(mine) / np.mean([r["total_seconds"] for r in ref]))
             weights.append(len(mine))
-            sources += [f"{r.get('experiment')}/{r.get('variant')}" for r in ref]
+            sources += ["/".join(map(str, _kind(r))) for r in ref]
     if not ratios:
         return None, ""
     return float(np.average(ratios, weights=weights)), ", ".join(dict.fromkeys(sources))
@@ -731,9 +734,10 @@ def robust_comparison(
     exist).
 
     ``seeds_planned`` (one number, or one per data set): a set with fewer robust seeds gets
-    "met so far" / "missed so far", a provisional verdict. ``faithful_time``: stand-ins for the faithful form's CPU time (the same
-    schedule), used only for the time ratio and only on a machine where the ``faithful`` records
-    have no CPU run; where several kinds ran there, the first kind (experiment/variant) listed.
+    "met so far" / "missed so far", a provisional verdict. ``faithful_time``: stand-ins for the
+    faithful form's CPU time (the same schedule), used only for the time ratio and only on a
+    machine where the ``faithful`` records have no CPU run; where several kinds ran there, the
+    first kind (experiment/variant) listed.
 
     Columns starting with ``_`` hold unrounded values (``_faithful``, ``_robust``, ``_base``).
 
@@ -829,8 +833,12 @@ def target_table(cmp: pd.DataFrame, tol: float = 0.01, max_time: float = 2.0) ->
     share = final.get("robust: min share of K used", pd.Series(np.nan, index=final.index))
     time = final.get("time robust / faithful (CPU)", pd.Series(np.nan, index=final.index))
     wins = final["_faithful"] >= final["_base"]
+    names = final["dataset"]
     checks = {
-        f"ACC ≥ max(best baseline, faithful) − {tol:g}": (verdict[final.index] == "met", None),
+        f"ACC ≥ max(best baseline, faithful) − {tol:g}": (
+            verdict[final.index] == "met",
+            names.notna(),
+        ),
         f"where the faithful form beats the baseline: ACC ≥ faithful − {tol:g}": (
             final["_robust"] >= final["_faithful"] - tol,
             wins,
@@ -840,8 +848,6 @@ def target_table(cmp: pd.DataFrame, tol: float = 0.01, max_time: float = 2.0) ->
     }
     rows = []
     for name, (ok, applies) in checks.items():
-        applies = pd.Series(True, index=final.index) if applies is None else applies
-        names = final["dataset"]
         rows.append({
             "target": name,
             "met": ", ".join(names[applies & ok]) or "–",

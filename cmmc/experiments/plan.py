@@ -33,7 +33,10 @@ def experiment_specs() -> dict[str, dict[str, Any]]:
 def planned_seeds(experiment: str, dataset: str) -> int:
     """How many seeds (0 .. n-1) an experiment plans for a data set: its ``seeds``, or the
     data set's entry in ``seeds_per_dataset`` (fewer seeds where one run takes hours)."""
-    spec = experiment_specs()[experiment]
+    return _seeds_of(experiment_specs()[experiment], dataset)
+
+
+def _seeds_of(spec: dict[str, Any], dataset: str) -> int:
     return int(spec.get("seeds_per_dataset", {}).get(dataset, spec.get("seeds", 1)))
 
 
@@ -89,9 +92,7 @@ def plan(
             entry = get_spec(dataset)
             if not entry.get("generated"):  # subsets only: never tile a set read from files
                 sizes_here = [n for n in sizes_here if n <= int(entry.get("N") or 0)]
-        seeds_here = (
-            seed_list if seed_list is not None else range(planned_seeds(experiment, dataset))
-        )
+        seeds_here = seed_list if seed_list is not None else range(_seeds_of(spec, dataset))
         for vname, seed, n in itertools.product(chosen, seeds_here, sizes_here):
             overrides = dict(all_variants[vname])
             data_opts = {k: overrides.pop(k) for k in DATA_KEYS if k in overrides}
