@@ -803,7 +803,9 @@ def robust_comparison(
 
 def verdict_counts(cmp: pd.DataFrame) -> dict[str, int]:
     """Count the verdicts of a :func:`robust_comparison` table: ``met`` and ``measured`` (sets
-    with every planned seed), ``partial`` (a provisional "... so far") and ``sets`` (all rows).
+    with every planned seed), ``partial`` (a provisional "... so far"), ``sets`` (all rows) and
+    ``reachable``: the most sets that can still meet the target, whatever the remaining seeds
+    give (every set but those already missed with all their seeds).
 
     Used by: book/beyond.md, intro.md.
     """
@@ -813,6 +815,7 @@ def verdict_counts(cmp: pd.DataFrame) -> dict[str, int]:
         "measured": int(verdicts.isin(["met", "missed"]).sum()),
         "partial": int(verdicts.str.endswith("so far").sum()),
         "sets": len(cmp),
+        "reachable": len(cmp) - int((verdicts == "missed").sum()),
     }
 
 
