@@ -272,6 +272,45 @@ def test_robust_comparison_times_only_runs_of_the_same_cpu():
     assert report.cpu_machine(robust[0] | {"device": "cuda"}) is None
 
 
+def test_robust_comparison_times_a_robust_stand_in_only_where_robust_runs_are_missing():
+    """Robust runs on AVX2 (400 s) with no faithful time there; a faithful stand-in (200 s) and
+    a robust stand-in (300 s) on AVX-512: ratio 300 / 200 = 1.5 from AVX-512 alone. A robust
+    stand-in on AVX2 (1 s) is ignored: the robust runs of AVX2 come first (and have no faithful
+    time), and robust stand-ins never enter the ACC (mean of the robust runs: 0.8)."""
+    avx512 = AVX2 | {"cpu_capability": "AVX512"}
+
+    def run(experiment, variant, secs, env, acc=0.8):
+        return {"dataset": "Multi-COIL-10", "variant": variant, "seed": 0, "profile": "paper",
+                "device": "cpu", "metrics": {"ACC": acc}, "clusters_used": 10, "n_clusters": 10,
+                "total_seconds": secs, "environment": env, "experiment": experiment}  # fmt: skip
+
+    robust = [run("beyond", "robust", 400, AVX2)]
+    faithful = [run("main", "code", 9, AVX2) | {"device": "cuda"}]
+    timed = [run("beyond_time", "code", 200, avx512)]
+    timed_robust = [
+        run("beyond_time_robust", "robust", 300, avx512, acc=0.1),
+        run("beyond_time_robust", "robust", 1, AVX2, acc=0.1),
+    ]
+    baselines = [{"dataset": "Multi-COIL-10", "seed": 0, "profile": "paper", "n_samples": 240,
+                  "baselines": {"kmeans": {"ACC": 0.7}}}]  # fmt: skip
+    out = report.robust_comparison(["Multi-COIL-10"], faithful, robust, baselines,
+                                   faithful_time=timed, robust_time=timed_robust)  # fmt: skip
+    assert out.loc[0, "time robust / faithful (CPU)"] == pytest.approx(1.5)
+    assert (
+        out.loc[0, "faithful time from"] == "beyond_time/code (robust: beyond_time_robust/robust)"
+    )
+    assert out.loc[0, "_robust"] == pytest.approx(0.8)
+    without = report.robust_comparison(["Multi-COIL-10"], faithful, robust, baselines,
+                                       faithful_time=timed)  # fmt: skip
+    assert "time robust / faithful (CPU)" not in without  # no CPU has a run of each form
+    # With a faithful time on AVX2 too (400 s), AVX2 uses its robust run (400 / 400 = 1, not the
+    # stand-in's 1 / 400): (1 + 1.5) / 2, one robust run on each machine.
+    both = report.robust_comparison(["Multi-COIL-10"], faithful, robust, baselines,
+                                    faithful_time=timed + [run("beyond_time", "code", 400, AVX2)],
+                                    robust_time=timed_robust)  # fmt: skip
+    assert both.loc[0, "time robust / faithful (CPU)"] == pytest.approx(1.25)
+
+
 def test_target_table_judges_each_target_on_the_final_sets_only():
     """Four sets written by hand (tol 0.01, time limit 2x):
     a: faithful 0.90 wins over base 0.80, robust 0.895: ACC met, not below faithful; 18/20 = 0.9
@@ -293,6 +332,8 @@ def test_target_table_judges_each_target_on_the_final_sets_only():
     assert t["missed"].tolist() == ["b, c", "c", "b", "a"]
     assert t["n met"].tolist() == [1, 1, 2, 1]
     assert t["n judged"].tolist() == [3, 2, 3, 2]
+    # a final set a target cannot be judged on is named, never counted as met or missed
+    assert t["not judged"].tolist() == ["–", "b", "–", "b"]
 
 
 def test_verdict_counts_counts_final_and_provisional_verdicts_apart():
@@ -305,3 +346,15 @@ def test_verdict_counts_counts_final_and_provisional_verdicts_apart():
     assert report.verdict_counts(cmp) == {
         "met": 2, "measured": 3, "partial": 1, "sets": 5, "reachable": 4,
     }  # fmt: skip
+
+
+def test_verdict_sentence_is_final_only_when_every_set_has_all_its_seeds():
+    """Counts written by hand: all 14 measured (final: no bound), and 12 of 14 (a bound)."""
+    final = {"met": 7, "measured": 14, "partial": 0, "sets": 14, "reachable": 7}
+    text = report.verdict_sentence(final, goal=12)
+    assert text.startswith("met on 7 of the 14 sets")
+    assert "at most" not in text and "goal: at least 12" in text
+    open_ = {"met": 5, "measured": 12, "partial": 2, "sets": 14, "reachable": 7}
+    text = report.verdict_sentence(open_, goal=12)
+    assert "met on 5 of the 12 sets" in text and "2 more" in text
+    assert "at most 7 of the 14 sets" in text

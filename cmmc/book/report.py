@@ -698,21 +698,30 @@ def _cpu_time_ratio(
     robust: Sequence[Mapping[str, Any]],
     faithful: Sequence[Mapping[str, Any]],
     stand_ins: Sequence[Mapping[str, Any]],
+    robust_stand_ins: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[float | None, str]:
     """Mean robust seconds over mean faithful seconds, machine by machine (:func:`cpu_machine`),
     averaged over the machines weighted by their robust runs; and where the faithful seconds
-    came from ("experiment/variant", joined by ", "). (None, "") when no machine has both."""
+    came from ("experiment/variant", joined by ", "; a robust stand-in's kind follows in
+    parentheses). (None, "") when no machine has both. ``robust_stand_ins`` (robust runs made
+    only to be timed) count on a machine where ``robust`` has no run."""
     ratios, weights, sources = [], [], []
-    for machine in sorted({m for r in robust if (m := cpu_machine(r))}, key=str):
-        mine = [r["total_seconds"] for r in robust if cpu_machine(r) == machine]
+    machines = {m for r in [*robust, *robust_stand_ins] if (m := cpu_machine(r))}
+    for machine in sorted(machines, key=str):
+        mine = [r for r in robust if cpu_machine(r) == machine]
+        mine_from = ""
+        if not mine:
+            mine = [r for r in robust_stand_ins if cpu_machine(r) == machine]
+            mine_from = " (robust: " + "/".join(map(str, _kind(mine[0]))) + ")"
         ref = [r for r in faithful if cpu_machine(r) == machine]
         here = [r for r in stand_ins if cpu_machine(r) == machine]
         if not ref and here:  # the first kind of stand-in that ran on this machine
             ref = [r for r in here if _kind(r) == _kind(here[0])]
         if ref:
-            ratios.append(np.mean(mine) / np.mean([r["total_seconds"] for r in ref]))
+            seconds = np.mean([r["total_seconds"] for r in mine])
+            ratios.append(seconds / np.mean([r["total_seconds"] for r in ref]))
             weights.append(len(mine))
-            sources += ["/".join(map(str, _kind(r))) for r in ref]
+            sources += ["/".join(map(str, _kind(r))) + mine_from for r in ref]
     if not ratios:
         return None, ""
     return float(np.average(ratios, weights=weights)), ", ".join(dict.fromkeys(sources))
@@ -726,6 +735,7 @@ def robust_comparison(
     tol: float = 0.01,
     seeds_planned: int | Mapping[str, int] | None = None,
     faithful_time: Iterable[Mapping[str, Any]] = (),
+    robust_time: Iterable[Mapping[str, Any]] = (),
 ) -> pd.DataFrame:
     """Per data set of ``sets``: the faithful and robust mean ACC (paper schedule), the best
     simple baseline (whole set), the smallest share of the K clusters that a robust run used,
@@ -737,7 +747,8 @@ def robust_comparison(
     "met so far" / "missed so far", a provisional verdict. ``faithful_time``: stand-ins for the
     faithful form's CPU time (the same schedule), used only for the time ratio and only on a
     machine where the ``faithful`` records have no CPU run; where several kinds ran there, the
-    first kind (experiment/variant) listed.
+    first kind (experiment/variant) listed. ``robust_time``: robust runs made only to be timed,
+    likewise used only on a machine where the ``robust`` records have no CPU run (never in ACC).
 
     Columns starting with ``_`` hold unrounded values (``_faithful``, ``_robust``, ``_base``).
 
@@ -746,6 +757,7 @@ def robust_comparison(
     faithful = [r for r in faithful if r.get("profile") == "paper"]
     robust = [r for r in robust if r.get("profile") == "paper"]
     timed = [r for r in faithful_time if r.get("profile") == "paper"]
+    timed_robust = [r for r in robust_time if r.get("profile") == "paper"]
 
     def acc(recs):
         df = records_frame(recs)
@@ -776,6 +788,7 @@ def robust_comparison(
             [r for r in robust if r["dataset"] == ds],
             [r for r in faithful if r["dataset"] == ds],
             [r for r in timed if r["dataset"] == ds],
+            [r for r in timed_robust if r["dataset"] == ds],
         )
         if ratio is not None:
             row["time robust / faithful (CPU)"] = round(ratio, 2)
@@ -819,6 +832,22 @@ def verdict_counts(cmp: pd.DataFrame) -> dict[str, int]:
     }
 
 
+def verdict_sentence(counts: Mapping[str, int], goal: int) -> str:
+    """How far the ACC target is met, in words, from :func:`verdict_counts`: final once every
+    set has all its seeds; else the sets measured so far and the most that can still meet it.
+
+    Used by: book/beyond.md, intro.md.
+    """
+    met, measured, sets = counts["met"], counts["measured"], counts["sets"]
+    if measured == sets:
+        return f"met on {met} of the {sets} sets, each with all its seeds (goal: at least {goal})"
+    return (
+        f"met on {met} of the {measured} sets whose seeds are all recorded; {counts['partial']} "
+        f"more have part of their seeds, so at most {counts['reachable']} of the {sets} sets can "
+        f"meet it whatever the remaining seeds give (goal: at least {goal})"
+    )
+
+
 def target_table(cmp: pd.DataFrame, tol: float = 0.01, max_time: float = 2.0) -> pd.DataFrame:
     """The four targets of the robust variant over the sets of a :func:`robust_comparison`
     table whose robust seeds are all recorded (final verdict): per target, the sets where it is
@@ -855,6 +884,7 @@ def target_table(cmp: pd.DataFrame, tol: float = 0.01, max_time: float = 2.0) ->
             "target": name,
             "met": ", ".join(names[applies & ok]) or "–",
             "missed": ", ".join(names[applies & ~ok]) or "–",
+            "not judged": ", ".join(names[~applies]) or "–",
             "n met": int((applies & ok).sum()),
             "n judged": int(applies.sum()),
         })  # fmt: skip
