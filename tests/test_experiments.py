@@ -257,6 +257,16 @@ def test_environment_names_the_cpu_vector_unit_the_kernels_use(monkeypatch):
     assert ex.environment()["cpu_capability"] == expected
 
 
+def test_environment_names_the_native_bf16_units_of_proc_cpuinfo():
+    # whether a bf16 run was native or emulated, from the kernel's flags, not from torch
+    if platform.machine() not in ("x86_64", "AMD64") or not Path("/proc/cpuinfo").exists():
+        pytest.skip("reads the x86 flags of /proc/cpuinfo")
+    line = next(x for x in open("/proc/cpuinfo") if x.startswith("flags"))
+    flags = set(line.split(":", 1)[1].split())
+    expected = [u for u, f in (("avx512_bf16", "avx512_bf16"), ("amx", "amx_tile")) if f in flags]
+    assert ex.environment()["cpu_bf16_units"] == expected
+
+
 def test_environment_names_the_commit_of_the_start_of_the_run(monkeypatch):
     # a long run's record is written after its end; the commit must be the one of its start
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout

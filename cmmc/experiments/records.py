@@ -266,6 +266,15 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+def _cpu_bf16_units() -> list[str]:
+    units = []
+    if torch.cpu._is_avx512_bf16_supported():
+        units.append("avx512_bf16")
+    if torch.cpu._is_amx_tile_supported():
+        units.append("amx")
+    return units
+
+
 def environment() -> dict[str, Any]:
     """Library versions, git commit, host and CPU/GPU of this process.
 
@@ -292,6 +301,8 @@ def environment() -> dict[str, Any]:
         # the vector unit torch's CPU kernels use (AVX2, AVX512, ...): "AMD EPYC" alone names
         # machines whose float rounding, and speed, can differ
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # the CPU's native bf16 units (avx512_bf16, amx): where bf16 runs are not emulated
+        "cpu_bf16_units": _cpu_bf16_units(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
