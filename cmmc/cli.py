@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as err:  # FloatingPointError: a
-        # diverged run (cmmc.train.NonFiniteLoss), named with its seed, phase and epoch
+        # diverged run (cmmc.phases.NonFiniteLoss), named with its seed, phase and epoch
         print(f"cmmc: error: {err}", file=sys.stderr)
         return 2
 

@@ -6,6 +6,7 @@ An ablation or a sensitivity study is a change of fields here, never a new code 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,21 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+class ConfigTypeError(TypeError, ValueError):
+    """A Config field of the wrong type (a ValueError too, so callers that report bad settings
+    by catching ValueError report this one alike)."""
+
+
+# What each annotation of Config admits (numpy scalars too; bool is never a number here).
+_FIELD_TYPES: dict[str, Any] = {
+    "int": ((numbers.Integral,), "an integer"),
+    "float": ((numbers.Real,), "a number"),
+    "str": ((str,), "a string"),
+    "bool": ((bool,), "True or False"),
+    "tuple[str, ...]": "losses",
+}
+
+
 @dataclass(frozen=True)
 class Config:
     """Every setting of one CMMC training run.
@@ -97,6 +113,7 @@ class Config:
     pseudo_labels: str = "kmeans"
 
     def __post_init__(self) -> None:
+        self._check_types()
         object.__setattr__(self, "losses", tuple(self.losses))
         for name in ("pretrain_epochs", "contrastive_epochs", "finetune_epochs", "eval_every",
                      "min_batches", "entropy_weight"):  # fmt: skip
@@ -105,8 +122,6 @@ class Config:
         for name in ("batch_size", "low_dim", "high_dim", "kmeans_restarts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not isinstance(self.fused_adam, bool):
-            raise ValueError(f"fused_adam must be True or False, got {self.fused_adam!r}")
         for name in ("lr", "tau_f", "tau_l"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -122,6 +137,22 @@ class Config:
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    def _check_types(self) -> None:
+        """A clear error for a value of the wrong type (a string for a number, a float for a
+        count, one string for the list of loss terms), before it reaches the training loop."""
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), _FIELD_TYPES.get(f.type)
+            if kind == "losses":
+                ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+            elif kind is not None:
+                types = kind[0]
+                ok = isinstance(value, types) and (bool in types or not isinstance(value, bool))
+            else:
+                continue
+            if not ok:
+                want = "a list of loss-term names" if kind == "losses" else kind[1]
+                raise ConfigTypeError(f"Config.{f.name} must be {want}, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (tuples become lists; :data:`LATER_FIELDS` only when set)."""

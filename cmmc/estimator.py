@@ -10,7 +10,9 @@ import torch
 from sklearn.base import BaseEstimator, ClusterMixin
 
 from cmmc.config import Config, config_fields, variant_fields
-from cmmc.train import Trainer, embed, resolve_device
+from cmmc.device import resolve_device
+from cmmc.phases import embed
+from cmmc.train import Trainer
 from cmmc.validation import check_same_dims, check_views
 
 __all__ = ["CMMC", "resolve_device"]
@@ -25,7 +27,7 @@ class CMMC(ClusterMixin, BaseEstimator):
     random_state : integer seed of the network's initialisation, the shuffles and k-means (the
         same seed on the same CPU gives the same labels); no global generator is used or changed.
     device : "cpu" (default), "cuda" or "auto". On a GPU, call
-        :func:`cmmc.train.use_deterministic_cuda` once first for run-to-run identical results.
+        :func:`cmmc.device.use_deterministic_cuda` once first for run-to-run identical results.
     config : a base :class:`~cmmc.config.Config` (default: ``Config()``, the official code's
         settings and schedule).
     variant : a named configuration applied over ``config`` (:data:`cmmc.config.VARIANTS`):

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-import cmmc.train as train
+import cmmc.device as device
 from cmmc import CMMC, make_config
 from cmmc.config import LATER_FIELDS, Config
-from cmmc.train import Trainer, adam, resolve_precision, stage_key
+from cmmc.device import adam, resolve_precision
+from cmmc.phases import stage_key
+from cmmc.train import Trainer
 
 
 def adam_by_hand(w0, grads, lr, b1=0.9, b2=0.999, eps=1e-8):
@@ -57,14 +59,14 @@ def test_fused_adam_is_left_out_of_old_keys():
 
 
 def test_precision_auto_follows_the_hardware(monkeypatch):
-    monkeypatch.setattr(train, "bf16_native", lambda device="cpu": False)
+    monkeypatch.setattr(device, "bf16_native", lambda device="cpu": False)
     assert resolve_precision("auto", "cpu") == "fp32"
     with pytest.warns(UserWarning, match="emulated"):
         assert resolve_precision("bf16", "cpu") == "bf16"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert resolve_precision("fp32", "cpu") == "fp32"
-    monkeypatch.setattr(train, "bf16_native", lambda device="cpu": True)
+    monkeypatch.setattr(device, "bf16_native", lambda device="cpu": True)
     assert resolve_precision("auto", "cpu") == "bf16"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -76,10 +78,10 @@ def test_trainer_records_the_precision_it_used(monkeypatch):
     views = [rng.normal(size=(40, 6)).astype(np.float32) for _ in range(2)]
     cfg = make_config(None, "quick", precision="auto", batch_size=16)
     for native, used in ((False, "fp32"), (True, "bf16")):
-        monkeypatch.setattr(train, "bf16_native", lambda device="cpu", n=native: n)
+        monkeypatch.setattr(device, "bf16_native", lambda device="cpu", n=native: n)
         tr = Trainer.for_data(views, None, 2, cfg, 0, progress=False)
         assert tr.config.precision == used
-        with train.autocast(tr.device, tr.config):
+        with device.autocast(tr.device, tr.config):
             out = torch.ones(2, 2) @ torch.ones(2, 2)
         assert out.dtype == (torch.bfloat16 if used == "bf16" else torch.float32)
 

@@ -92,7 +92,7 @@ def test_cli_variant(tmp_path, capsys):
 def test_spectral_pseudo_labels_find_separated_groups():
     from sklearn.metrics import adjusted_rand_score
 
-    from cmmc.train import spectral_pseudo_labels
+    from cmmc.pseudo_labels import spectral_pseudo_labels
 
     rng = np.random.default_rng(0)
     truth = np.repeat(np.arange(3), 30)

@@ -23,6 +23,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from cmmc.data import Dataset
+from cmmc.device import use_deterministic_cuda
 from cmmc.estimator import resolve_device
 from cmmc.experiments.kinds import MEMBER_FIELDS, Task, data_depends_on_seed, kind_of, task_data
 from cmmc.experiments.plan import plan
@@ -35,7 +36,7 @@ from cmmc.experiments.records import (
     round_floats,
     write_json_atomic,
 )
-from cmmc.train import NonFiniteLoss, use_deterministic_cuda
+from cmmc.phases import NonFiniteLoss
 
 _RUNS_IN_PROCESS = 0  # ru_maxrss is a per-process maximum: only a process's first run owns it
 

@@ -24,9 +24,12 @@ from cmmc.analysis import multilevel, tsne_2d
 from cmmc.baselines import run_baselines
 from cmmc.config import Config
 from cmmc.data import Dataset, get_spec, load_dataset
+from cmmc.device import map_threads
 from cmmc.estimator import CMMC
+from cmmc.members import BATCHABLE
 from cmmc.metrics import evaluate
-from cmmc.train import BATCHABLE, Trainer, map_threads, stage_key
+from cmmc.phases import stage_key
+from cmmc.train import Trainer
 
 Task = dict[str, Any]
 PhaseHook = Callable[[str, dict[str, list[np.ndarray]]], None]
@@ -56,7 +59,7 @@ def data_depends_on_seed(task: Task) -> bool:
 
 def pretrain_key(task: Task, version: int) -> str:
     """Hash of everything the end of a run's pre-training depends on: the pre-training fields
-    of its Config (:func:`cmmc.train.stage_fields`), its data, seed and device, and the record
+    of its Config (:func:`cmmc.phases.stage_fields`), its data, seed and device, and the record
     ``version``. Runs with equal keys can share one pre-training."""
     identity = {"dataset": task["dataset"], "data": task["data"], "seed": task["seed"]}
     identity.update(device=task["device"], v=version)
