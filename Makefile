@@ -2,7 +2,9 @@
 #   make setup           .venv with requirements.txt and the package (the README's install step)
 #   make book            set up .venv if needed, then jupyter-book build book/ (records profile:
 #                        missing or stale notebooks are executed first), warnings as errors
-#   make test            set up .venv if needed, ruff check + ruff format --check + pytest
+#   make test            set up .venv if needed, ruff check + ruff format --check + the fast
+#                        tier of pytest (no test marked slow or records: minutes on 2 cores)
+#   make check           the same lint, then the whole suite (slow tests and record audits too)
 #   PROFILE=paper make book    the full reproduction (writes results/)
 #   make book BOOK_ARGS="--only autoencoders -p dataset BDGP"    see scripts/build_book.py
 PYTHON  ?= python3
@@ -13,7 +15,7 @@ JOBS    ?= 1
 BOOK_ARGS ?=
 STAMP   := $(VENV)/.cmmc-installed
 
-.PHONY: setup test lint book book-only check-site architecture ci clean devdata
+.PHONY: setup test check lint book book-only check-site architecture ci clean devdata
 
 setup: $(STAMP)
 
@@ -31,6 +33,9 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 test: lint
+	$(BIN)/python -m pytest -m "not slow and not records"
+
+check: lint
 	$(BIN)/python -m pytest
 
 book: setup

@@ -9,8 +9,9 @@ import torch
 
 from cmmc.config import Config, make_config
 from cmmc.estimator import CMMC
+from cmmc.phases import PHASES, stage_fields, stage_key
 from cmmc.synthetic import make_multiview_blobs
-from cmmc.train import PHASES, Trainer, stage_fields, stage_key
+from cmmc.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,6 +52,7 @@ def three_members_follow_their_runs(seeds: list[int]):
     return views, y, configs, members
 
 
+@pytest.mark.slow
 def test_members_follow_their_separate_runs():
     """Each member (own seed, own temperatures) matches CMMC.fit with that seed and config:
     the same pseudo labels and final labels, losses equal up to float summation order."""
@@ -144,6 +146,7 @@ def test_load_refuses_a_file_of_other_settings(tmp_path):
     Trainer.for_data(views, y, 3, cfg.replace(tau_f=0.2), 0, progress=False).load(tmp_path / "p.pt")
 
 
+@pytest.mark.slow
 def test_stage_caches_are_read_back_and_equal_a_fresh_run(tmp_path):
     views, y = make_multiview_blobs(120, 3, 2, seed=1)
     cfg = small_config(batch_size=32)
@@ -196,7 +199,7 @@ def test_every_config_field_belongs_to_one_phase_and_keys_follow_them():
 def test_a_diverging_run_stops_at_its_first_non_finite_epoch_naming_it():
     """A learning rate of 1e30 overflows the weights within a few steps: the run must stop with
     NonFiniteLoss naming the seed and a phase, before k-means sees NaN features."""
-    from cmmc.train import NonFiniteLoss
+    from cmmc.phases import NonFiniteLoss
 
     views, y = make_multiview_blobs(100, 3, 2, seed=0)
     tr = Trainer.for_data(views, y, 3, small_config(lr=1e30), 7, progress=False)

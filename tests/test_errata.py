@@ -71,12 +71,14 @@ def test_errata_are_well_formed():
             assert len(e["recorded"]) == len(e["correction"]) == 40
 
 
+@pytest.mark.records
 def test_every_erratum_applies_to_committed_records(committed):
     for e in _errata():
         hits = [p for p, r in committed if _applies(e, r, p)]
         assert hits, f"erratum on {e['field']} ({e['reason'][:60]}...) matches no record"
 
 
+@pytest.mark.records
 def test_cpu_records_name_their_vector_unit_once_corrected(committed):
     missing = []
     for path, record in committed:

@@ -38,6 +38,7 @@ def blobs():
     return make_multiview_blobs(96, 3, 2, dim=5, seed=1)
 
 
+@pytest.mark.slow
 def test_learns_what_no_single_view_shows():
     views, y = make_multiview_blobs(384, 4, 2, seed=0)
     single = max(cluster_acc(y, KMeans(4, n_init=10, random_state=0).fit_predict(v)) for v in views)

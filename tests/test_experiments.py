@@ -153,6 +153,7 @@ def test_records_are_written_reused_and_reproducible(tmp_path, monkeypatch):
 
 
 @needs_data
+@pytest.mark.slow
 def test_killed_grid_resumes_without_redoing_finished_runs(tmp_path):
     cmd = [
         sys.executable,
@@ -192,6 +193,7 @@ def test_killed_grid_resumes_without_redoing_finished_runs(tmp_path):
 
 
 @needs_data
+@pytest.mark.slow
 def test_dask_local_cluster_gives_the_same_records(tmp_path):
     pytest.importorskip("distributed")
     local = ex.run_grid(tiny_plan(tmp_path / "local"), progress=False)
@@ -202,6 +204,7 @@ def test_dask_local_cluster_gives_the_same_records(tmp_path):
 
 
 @needs_data
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["local", "dask"])
 def test_a_diverged_run_leaves_no_record_and_the_grid_goes_on(tmp_path, engine):
     """Seed 0 with a learning rate of 1e30 diverges; seed 1 must still get its record, and the
@@ -285,6 +288,7 @@ def test_environment_names_the_commit_of_the_start_of_the_run(monkeypatch):
 
 
 @needs_data
+@pytest.mark.slow
 def test_run_batch_writes_one_record_per_member_and_reruns_identically(tmp_path):
     def two_seeds(results):  # full Synthetic3d (a subset's data would depend on the seed)
         return ex.plan(
@@ -310,6 +314,7 @@ def test_run_batch_writes_one_record_per_member_and_reruns_identically(tmp_path)
 
 
 @needs_data
+@pytest.mark.slow
 def test_verify_recomputes_a_record_and_its_batch(tmp_path):
     tasks = ex.plan(
         "main",
@@ -454,6 +459,7 @@ def test_dedupe_counts_a_run_once_across_devices_but_not_scalability():
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
+@pytest.mark.records
 def test_every_committed_record_rebuilds_to_its_key_and_path():
     # The keys stored in the committed records were computed by the code that made them: the
     # task rebuilt from each record (each member of its batch) must hash to the same key, and
