@@ -358,3 +358,56 @@ def test_verdict_sentence_is_final_only_when_every_set_has_all_its_seeds():
     text = report.verdict_sentence(open_, goal=12)
     assert "met on 5 of the 12 sets" in text and "2 more" in text
     assert "at most 7 of the 14 sets" in text
+
+
+def fast_record(dataset, variant, seed, acc, seconds, **env):
+    base = {"cpu": "AMD EPYC", "cpu_capability": "AVX512", "cpu_count": 2, "torch": "2.13.0+cpu",
+            "cpu_bf16_units": ["avx512_bf16"]}  # fmt: skip
+    return {"experiment": "fastpath", "dataset": dataset, "variant": variant, "seed": seed,
+            "profile": "paper", "device": "cpu", "metrics": {"ACC": acc},
+            "total_seconds": seconds, "environment": {**base, **env}}  # fmt: skip
+
+
+def test_fastpath_table_groups_by_machine_and_form_with_hand_computed_minutes():
+    recs = [fast_record("M", "bf16_fused", 0, 0.995, 240), fast_record("M", "bf16_fused", 1, 0.993, 300),
+            fast_record("M", "fp32_fused", 0, 0.994, 420),
+            fast_record("M", "fp32_fused", 1, 0.990, 900, cpu_capability="AVX2", cpu_bf16_units=[]),
+            fast_record("M", "fp32_fused", 2, 0.991, 960, cpu_capability="AVX2", cpu_bf16_units=None),
+            {**fast_record("M", "code", 0, 0.5, 1), "variant": "code"}]  # fmt: skip
+    t = report.fastpath_table(recs)
+    assert len(t) == 4  # AVX512 bf16, AVX512 fp32, AVX2 (none), AVX2 (not recorded); "code" out
+    b = t[(t.precision == "bf16")].iloc[0]
+    assert b.seeds == "0–1" and b["minutes (mean)"] == 4.5 and b["minutes (slowest)"] == 5.0
+    assert b._acc == pytest.approx(0.994) and b["lowest ACC"] == "0.9930"
+    assert "(AVX512, bf16: avx512_bf16), 2 cores" in b.machine
+    machines = set(t.machine)
+    assert any("(AVX2, bf16: none)" in m for m in machines)
+    assert any("(AVX2, bf16 units not recorded)" in m for m in machines)
+
+
+def test_fastpath_gap_uses_only_seeds_both_forms_have():
+    recs = [fast_record("M", "fp32_fused", 0, 0.99, 1), fast_record("M", "fp32_fused", 1, 0.97, 1),
+            fast_record("M", "fp32_fused", 2, 0.10, 1),  # no bf16 seed 2: left out
+            fast_record("M", "bf16_fused", 0, 0.98, 1), fast_record("M", "bf16_fused", 1, 0.96, 1),
+            fast_record("B", "bf16_fused", 0, 0.9, 1)]  # no fp32 at all: no row  # fmt: skip
+    g = report.fastpath_acc_gap(recs).set_index("dataset")
+    assert list(g.index) == ["M"]
+    assert g.loc["M", "seeds"] == "0–1"
+    assert g.loc["M", "_gap"] == pytest.approx((0.98 + 0.96) / 2 - (0.99 + 0.97) / 2)  # -0.01
+    assert g.loc["M", "fp32 sd over seeds"] == pytest.approx(0.01 * 2**0.5, abs=1e-4)  # 0.0141
+
+
+def test_fastpath_targets_judge_slowest_run_lowest_acc_and_gap():
+    recs = [fast_record("M", "bf16_fused", 0, 0.995, 240), fast_record("M", "bf16_fused", 1, 0.989, 310),
+            fast_record("M", "fp32_fused", 0, 0.994, 470), fast_record("M", "fp32_fused", 1, 0.992, 420),
+            fast_record("M", "bf16_fused", 2, 0.999, 60, cpu_count=16),  # not a 2-core CPU
+            fast_record("M", "bf16_fused", 3, 0.999, 60, cpu_capability="AVX2", cpu_bf16_units=[])]  # fmt: skip
+    t = report.fastpath_targets(report.fastpath_table(recs), report.fastpath_acc_gap(recs),
+                                dataset="M").set_index("target")  # fmt: skip
+    assert t.loc["M, bf16: slowest run ≤ 5 min", "value"] == "5.2 min"  # 310 s
+    assert not t.loc["M, bf16: slowest run ≤ 5 min", "met"]
+    assert not t.loc["M, bf16: every seed ACC ≥ 0.99", "met"]  # seed 1: 0.989
+    assert t.loc["M, fp32: slowest run ≤ 8 min", "met"]  # 470 s = 7.8 min
+    # gap over seeds 0-1: (0.995 + 0.989) / 2 - (0.994 + 0.992) / 2 = -0.001
+    assert t.loc["M: |bf16 − fp32| mean ACC ≤ 0.005", "value"] == "-0.0010"
+    assert len(t) == 4  # the 16-core and the AVX2 runs are judged by no minutes target

@@ -925,3 +925,130 @@ def write_table(df: pd.DataFrame, name: str, root: str | Path | None = None) -> 
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False, float_format="%.6g")
     return out.relative_to(book).as_posix()
+
+
+# --------------------------------------------------------------------------------------------
+# The fast path: minutes and ACC per CPU kind
+# --------------------------------------------------------------------------------------------
+FAST_FORMS = {"fp32_fused": "fp32", "bf16_fused": "bf16"}  # fastpath variants -> precision
+
+
+def cpu_kind(record: Mapping[str, Any]) -> str:
+    """The machine a record's time belongs to, in words: CPU model, vector unit, cores and its
+    native bf16 units ("bf16 units not recorded" for records made before they were); the GPU
+    for a GPU run.
+
+    Used by: :func:`fastpath_table`.
+    """
+    env = record.get("environment") or {}
+    if str(record.get("device", "cpu")) != "cpu":
+        return env.get("gpu") or str(record.get("device"))
+    units = env.get("cpu_bf16_units")
+    bf16 = "bf16 units not recorded" if units is None else f"bf16: {', '.join(units) or 'none'}"
+    return (
+        f"{env.get('cpu', '?')} ({env.get('cpu_capability') or 'vector unit not recorded'}, "
+        f"{bf16}), {env.get('cpu_count', '?')} cores, torch {env.get('torch', '?')}"
+    )
+
+
+def fastpath_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Per data set, machine (:func:`cpu_kind`) and form of the ``fastpath`` records: seeds,
+    minutes of the whole run (mean and slowest), ACC mean ± std and the lowest ACC.
+
+    Used by: book/exp_scalability.md.
+    """
+    rows = []
+    for r in records:
+        if r.get("variant") not in FAST_FORMS or r.get("profile") != "paper":
+            continue
+        rows.append({"dataset": r["dataset"], "machine": cpu_kind(r),
+                     "precision": FAST_FORMS[r["variant"]], "seed": r["seed"],
+                     "minutes": r["total_seconds"] / 60, "ACC": r["metrics"]["ACC"],
+                     "_native": bool((r.get("environment") or {}).get("cpu_bf16_units")),
+                     "_cores": (r.get("environment") or {}).get("cpu_count")})  # fmt: skip
+    cols = ["dataset", "machine", "precision", "seeds", "minutes (mean)", "minutes (slowest)",
+            "ACC", "lowest ACC", "_acc", "_minutes_max", "_acc_min", "_native", "_cores"]  # fmt: skip
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    out = []
+    df = pd.DataFrame(rows)
+    for (ds, machine, prec), g in df.groupby(["dataset", "machine", "precision"], sort=True):
+        std = g.ACC.std(ddof=1) if len(g) > 1 else np.nan
+        out.append({
+            "dataset": ds, "machine": machine, "precision": prec,
+            "seeds": _ranges(sorted(int(s) for s in g.seed)),
+            "minutes (mean)": round(g.minutes.mean(), 1),
+            "minutes (slowest)": round(g.minutes.max(), 1),
+            "ACC": fmt_mean_std(g.ACC.mean(), std, 4), "lowest ACC": f"{g.ACC.min():.4f}",
+            "_acc": g.ACC.mean(), "_minutes_max": g.minutes.max(), "_acc_min": g.ACC.min(),
+            "_native": g._native.iloc[0], "_cores": g._cores.iloc[0],
+        })  # fmt: skip
+    return pd.DataFrame(out, columns=cols)
+
+
+def fastpath_acc_gap(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Per data set: mean ACC of bf16 minus fp32 over the seeds both forms have (fused Adam in
+    both, whatever machine each ran on), with the seeds compared and the spread of the fp32
+    seeds (sample sd), the scale against which a gap reads.
+
+    Used by: book/exp_scalability.md.
+    """
+    acc: dict[tuple[str, str], dict[int, float]] = {}
+    for r in records:
+        if r.get("variant") in FAST_FORMS and r.get("profile") == "paper":
+            key = (r["dataset"], FAST_FORMS[r["variant"]])
+            acc.setdefault(key, {})[int(r["seed"])] = r["metrics"]["ACC"]
+    rows = []
+    for ds in sorted({d for d, _ in acc}):
+        fp32, bf16 = acc.get((ds, "fp32"), {}), acc.get((ds, "bf16"), {})
+        seeds = sorted(set(fp32) & set(bf16))
+        if not seeds:
+            continue
+        a = float(np.mean([fp32[s] for s in seeds]))
+        b = float(np.mean([bf16[s] for s in seeds]))
+        sd = float(np.std([fp32[s] for s in seeds], ddof=1)) if len(seeds) > 1 else np.nan
+        rows.append({"dataset": ds, "seeds": _ranges(seeds), "fp32 ACC": round(a, 4),
+                     "fp32 sd over seeds": round(sd, 4), "bf16 ACC": round(b, 4),
+                     "bf16 − fp32": round(b - a, 4), "_gap": b - a})  # fmt: skip
+    return pd.DataFrame(rows, columns=["dataset", "seeds", "fp32 ACC", "fp32 sd over seeds",
+                                       "bf16 ACC", "bf16 − fp32", "_gap"])  # fmt: skip
+
+
+def fastpath_targets(
+    table: pd.DataFrame,
+    gaps: pd.DataFrame,
+    dataset: str = "MNIST-USPS",
+    bf16_minutes: float = 5.0,
+    fp32_minutes: float = 8.0,
+    min_acc: float = 0.99,
+    tol: float = 0.005,
+) -> pd.DataFrame:
+    """The fast path's targets, judged from :func:`fastpath_table` and :func:`fastpath_acc_gap`:
+    on each 2-core CPU with native bf16, the slowest bf16 run of ``dataset`` within
+    ``bf16_minutes`` and its lowest ACC at least ``min_acc``, the slowest fp32 run of the same
+    CPU within ``fp32_minutes``; on every set, |bf16 − fp32| mean ACC at most ``tol``.
+
+    Used by: book/exp_scalability.md.
+    """
+    rows = []
+    native = table[(table.dataset == dataset) & table._native.astype(bool) & (table._cores == 2)]
+    for machine, g in native.groupby("machine"):
+        by = g.set_index("precision")
+        if "bf16" in by.index:
+            b = by.loc["bf16"]
+            rows.append({"target": f"{dataset}, bf16: slowest run ≤ {bf16_minutes:g} min",
+                         "machine": machine, "value": f"{b._minutes_max:.1f} min",
+                         "met": bool(b._minutes_max <= bf16_minutes)})  # fmt: skip
+            rows.append({"target": f"{dataset}, bf16: every seed ACC ≥ {min_acc:g}",
+                         "machine": machine, "value": f"lowest {b._acc_min:.4f}",
+                         "met": bool(b._acc_min >= min_acc)})  # fmt: skip
+        if "fp32" in by.index:
+            f = by.loc["fp32"]
+            rows.append({"target": f"{dataset}, fp32: slowest run ≤ {fp32_minutes:g} min",
+                         "machine": machine, "value": f"{f._minutes_max:.1f} min",
+                         "met": bool(f._minutes_max <= fp32_minutes)})  # fmt: skip
+    for g in gaps.to_dict("records"):
+        rows.append({"target": f"{g['dataset']}: |bf16 − fp32| mean ACC ≤ {tol:g}",
+                     "machine": f"seeds {g['seeds']}", "value": f"{g['_gap']:+.4f}",
+                     "met": bool(abs(g["_gap"]) <= tol)})  # fmt: skip
+    return pd.DataFrame(rows, columns=["target", "machine", "value", "met"])
