@@ -36,6 +36,7 @@ from sklearn.cluster import KMeans, SpectralClustering
 from sklearn.neighbors import NearestNeighbors
 
 from cmmc.metrics import evaluate
+from cmmc.validation import check_n_clusters, check_views
 
 __all__ = [
     "BASELINES",
@@ -64,41 +65,11 @@ DENSE_MAX_N = 3000
 
 
 def validate_views(views: Sequence[ArrayLike], n_clusters: int | None = None) -> list[np.ndarray]:
-    """Check the views and return them as float64 2-D arrays.
-
-    Raises ValueError for: no view, a view that is not 2-D, views with different numbers of
-    samples (naming the view), NaN/Inf (naming the view), and ``n_clusters`` not in [2, N].
-    """
-    if isinstance(views, np.ndarray) or not isinstance(views, Sequence):
-        raise ValueError("views must be a list of 2-D arrays (one per view)")
-    if len(views) < 1:
-        raise ValueError("need at least 1 view, got 0")
-    out: list[np.ndarray] = []
-    n0: int | None = None
-    for v, x in enumerate(views):
-        a = np.asarray(x)
-        if a.ndim != 2:
-            raise ValueError(f"view {v} must be 2-D (samples x features), got shape {a.shape}")
-        if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-            raise ValueError(f"view {v} has non-numeric dtype {a.dtype}")
-        a = a.astype(np.float64, copy=False)
-        if n0 is None:
-            n0 = a.shape[0]
-            if n0 == 0:
-                raise ValueError("view 0 has no samples")
-        elif a.shape[0] != n0:
-            raise ValueError(f"view {v} has {a.shape[0]} samples but view 0 has {n0}")
-        if a.shape[1] == 0:
-            raise ValueError(f"view {v} has no features")
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"view {v} contains NaN or Inf")
-        out.append(a)
+    """The views as float64 2-D arrays (:func:`cmmc.validation.check_views`, one view or more),
+    and ``n_clusters`` checked against N (:func:`cmmc.validation.check_n_clusters`)."""
+    out = check_views(views, min_views=1, dtype=np.float64)
     if n_clusters is not None:
-        if isinstance(n_clusters, bool) or not isinstance(n_clusters, int | np.integer):
-            raise ValueError(f"n_clusters must be an int, got {n_clusters!r}")
-        assert n0 is not None
-        if n_clusters < 2 or n_clusters > n0:
-            raise ValueError(f"n_clusters must be in [2, N={n0}], got {n_clusters}")
+        check_n_clusters(n_clusters, out[0].shape[0])
     return out
 
 

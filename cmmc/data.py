@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from cmmc.synthetic import make_multiview_blobs
+from cmmc.validation import check_views
 
 __all__ = [
     "Dataset",
@@ -634,9 +635,7 @@ def _finish(
                 f"{name}: view {vname!r} has {x.shape[0]} samples but there are "
                 f"{len(labels)} labels (views: {[np.shape(v) for v in raw_views]})"
             )
-        x = x.astype(np.float64)
-        if not np.all(np.isfinite(x)):
-            raise ValueError(f"{name}: view {vname!r} contains NaN or Inf values")
+        (x,) = check_views([x], min_views=1, dtype=np.float64, names=[vname], where=name)
         x = _scale(x, how, f"{name} view {vname!r}")
         views.append(np.ascontiguousarray(x, dtype=np.float32))
     if "N" in spec and len(labels) != int(spec["N"]):
@@ -924,22 +923,13 @@ def load_views_file(
         raw = {k: v.T for k, v in raw.items()}
     elif transposed is None and is_mat:
         raw = _orient(raw, None if y is None else len(y))
-    first = keys[0]
-    n = raw[first].shape[0]
-    for k in keys[1:]:
-        if raw[k].shape[0] != n:
-            raise ValueError(
-                f"{path}: view {k!r} has {raw[k].shape[0]} samples, view {first!r} has {n}"
-            )
+    checked = check_views([raw[k] for k in keys], 1, np.float64, names=keys, where=str(path))
+    n = checked[0].shape[0]
     if not isinstance(scaling, str):  # one rule for every view, or one per view
         scaling = scaling[0] if len(scaling) == 1 else list(scaling)
     scalings = _per_view(scaling, len(keys), "scaling", str(path))
     views = []
-    for k, how in zip(keys, scalings, strict=True):
-        x = raw[k].astype(np.float64)
-        bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
-        if bad:
-            raise ValueError(f"{path}: view {k!r} holds {bad} NaN/Inf values")
+    for x, k, how in zip(checked, keys, scalings, strict=True):
         views.append(np.ascontiguousarray(_scale(x, how, f"{path} view {k!r}"), dtype=np.float32))
     labels, k_classes = None, None
     if y is not None:

@@ -7,34 +7,52 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def check_views(views: Sequence, min_views: int = 2) -> list[np.ndarray]:
-    """Return the views as C-contiguous float32 arrays, or raise ValueError naming the problem."""
+def check_views(
+    views: Sequence,
+    min_views: int = 2,
+    dtype: type = np.float32,
+    names: Sequence[str] | None = None,
+    where: str | None = None,
+) -> list[np.ndarray]:
+    """The views as C-contiguous 2-D arrays of ``dtype``, or a ValueError naming the problem and
+    the view (by ``names`` where given, after ``where``: a file or data set). The one view
+    checker of the estimator, the Trainer, the baselines, the data loaders and the CLI (CMMC
+    needs ``min_views`` = 2 and float32; the baselines 1 and float64)."""
     if isinstance(views, np.ndarray) or not isinstance(views, Sequence):
         raise ValueError(
             "views must be a list of 2-D arrays, one per view "
             f"(got {type(views).__name__}; wrap a single array as [X] only if it is one view)"
         )
+    pre = f"{where}: " if where else ""
     if len(views) < min_views:
-        raise ValueError(f"CMMC needs at least {min_views} views, got {len(views)}")
+        plural = "s" if min_views > 1 else ""
+        raise ValueError(f"{pre}need at least {min_views} view{plural}, got {len(views)}")
+
+    def view(m: int) -> str:
+        return f"view {names[m]!r}" if names is not None else f"view {m}"
+
     out = []
     for m, v in enumerate(views):
         if hasattr(v, "detach"):  # torch tensor
             v = v.detach().cpu().numpy()
-        try:
-            a = np.asarray(v, dtype=np.float32)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"view {m} cannot be converted to a float array: {err}") from err
+        a = np.asarray(v)
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            raise ValueError(f"{pre}{view(m)} has non-numeric dtype {a.dtype}")
+        a = a.astype(dtype, copy=False)
         if a.ndim != 2:
-            raise ValueError(f"view {m} must be 2-D (samples x features), got shape {a.shape}")
+            raise ValueError(
+                f"{pre}{view(m)} must be 2-D (samples x features), got shape {a.shape}"
+            )
         if a.shape[0] == 0 or a.shape[1] == 0:
-            raise ValueError(f"view {m} is empty (shape {a.shape})")
+            raise ValueError(f"{pre}{view(m)} is empty (shape {a.shape})")
         if not np.isfinite(a).all():
             bad = int((~np.isfinite(a)).sum())
-            raise ValueError(f"view {m} holds {bad} NaN/Inf values")
+            raise ValueError(f"{pre}{view(m)} holds {bad} NaN/Inf values")
+        if out and a.shape[0] != out[0].shape[0]:
+            raise ValueError(
+                f"{pre}{view(m)} has {a.shape[0]} samples, {view(0)} has {out[0].shape[0]}"
+            )
         out.append(np.ascontiguousarray(a))
-    sizes = [a.shape[0] for a in out]
-    if len(set(sizes)) > 1:
-        raise ValueError(f"views have different numbers of samples: {sizes} (view index: count)")
     return out
 
 

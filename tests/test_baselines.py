@@ -172,14 +172,14 @@ def test_bad_inputs():
     views, y = blobs(n_per=10)
     with pytest.raises(ValueError, match="at least 1 view"):
         validate_views([], K)
-    with pytest.raises(ValueError, match="view 1 has 29 samples"):
+    with pytest.raises(ValueError, match="view 1 has 29 samples, view 0 has 30"):
         validate_views([views[0], views[1][:-1]], K)
     bad = views[1].copy()
     bad[3, 2] = np.nan
-    with pytest.raises(ValueError, match="view 1 contains NaN"):
+    with pytest.raises(ValueError, match="view 1 holds 1 NaN/Inf"):
         run_baselines([views[0], bad], y, K, 0)
     bad[3, 2] = np.inf
-    with pytest.raises(ValueError, match="view 1 contains NaN or Inf"):
+    with pytest.raises(ValueError, match="view 1 holds 1 NaN/Inf values"):
         BASELINES["kmeans_concat"]([views[0], bad], K, 0)
     with pytest.raises(ValueError, match="n_clusters"):
         BASELINES["spectral_concat"](views, 1, 0)
@@ -187,6 +187,8 @@ def test_bad_inputs():
         BASELINES["coreg_spectral"](views, 31, 0)
     with pytest.raises(ValueError, match="2-D"):
         BASELINES["kmeans_best_view"]([views[0][:, 0]], K, 0)
+    with pytest.raises(ValueError, match="view 0 has non-numeric dtype"):
+        validate_views([np.array([["a", "b"]] * 30), views[1]], K)
     with pytest.raises(ValueError, match="unknown baseline"):
         run_baselines(views, y, K, 0, names=["nope"])
     with pytest.raises(ValueError, match="labels"):

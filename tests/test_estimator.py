@@ -117,7 +117,8 @@ def test_batch_larger_than_n_is_clamped():
     ("views", "k", "message"),
     [
         ([np.zeros((10, 3))], 2, "at least 2 views"),
-        ([np.zeros((10, 3)), np.zeros((9, 3))], 2, "different numbers of samples"),
+        ([np.zeros((10, 3)), np.zeros((9, 3))], 2, "view 1 has 9 samples, view 0 has 10"),
+        ([np.zeros((10, 3)), np.full((10, 3), "x")], 2, "view 1 has non-numeric dtype"),
         ([np.zeros((10, 3)), np.zeros(10)], 2, "view 1 must be 2-D"),
         ([np.zeros((10, 3)), np.zeros((10, 0))], 2, "view 1 is empty"),
         ([np.full((10, 3), np.nan), np.zeros((10, 3))], 2, "view 0 holds 30 NaN/Inf"),
