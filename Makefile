@@ -2,7 +2,8 @@
 #   make setup           .venv with requirements.txt and the package (the README's install step)
 #   make book            set up .venv if needed, then jupyter-book build book/ (records profile:
 #                        missing or stale notebooks are executed first), warnings as errors
-#   make test            set up .venv if needed, ruff check + ruff format --check + the fast
+#   make test            set up .venv if needed, ruff check + ruff format --check + the book's
+#                        pages linted as Python (scripts/lint_pages.py) + the fast
 #                        tier of pytest (no test marked slow or records: minutes on 2 cores)
 #   make check           the same lint, then the whole suite (slow tests and record audits too)
 #   PROFILE=paper make book    the full reproduction (writes results/)
@@ -31,6 +32,7 @@ $(STAMP): requirements.txt pyproject.toml
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python scripts/lint_pages.py
 
 test: lint
 	$(BIN)/python -m pytest -m "not slow and not records"

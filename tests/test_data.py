@@ -522,7 +522,7 @@ def test_nan_view_named(iso):
     b[1, 1] = np.nan
     scipy.io.savemat(iso / "t.mat", {"A": a, "B": b, "gt": np.array([1, 2, 3])})
     spec = _spec(iso, "t.mat", view_keys=["A", "B"], view_names=["good", "bad"])
-    with pytest.raises(ValueError, match="view 'bad' contains NaN"):
+    with pytest.raises(ValueError, match="view 'bad' holds 1 NaN/Inf"):
         data.load_from_spec(spec, iso)
 
 
@@ -659,3 +659,18 @@ def test_user_file_errors_name_file_and_key(tmp_path):
         load("s.npz", {"A": np.ones((5, 2)), "B": np.ones((5, 2))}, scaling=["none"] * 3)
     with pytest.raises(ValueError, match=r"s\.npz view 'A': unknown scaling 'log'"):
         load("s.npz", {"A": np.ones((5, 2)), "B": np.ones((5, 2))}, scaling="log")
+
+
+def test_image_layouts_of_the_registry_fit_the_views():
+    from cmmc.book.pages import image_layout
+
+    drawn = {n for n in data.list_datasets() if image_layout(n) is not None}
+    assert {"MNIST-USPS", "Fashion", "Multi-COIL-20", "Multi-COIL-10"} <= drawn
+    for name in drawn:
+        spec = data.get_spec(name)
+        layout = image_layout(name)
+        assert len(layout) == len(spec["dims"]), name
+        for (h, w, _), d in zip(layout, spec["dims"], strict=True):
+            assert h * w == d, (name, h, w, d)  # one pixel per feature
+    assert image_layout("HW") is None
+    assert image_layout("MNIST-USPS")[0][2] and not image_layout("Fashion")[0][2]
