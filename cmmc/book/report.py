@@ -891,17 +891,18 @@ def target_table(cmp: pd.DataFrame, tol: float = 0.01, max_time: float = 2.0) ->
     return pd.DataFrame(rows)
 
 
-def findings_display(findings: pd.DataFrame) -> pd.DataFrame:
-    """The findings table for a page: strings, published numbers with their {cite} role.
+def findings_display(findings: pd.DataFrame, cite: bool = True) -> pd.DataFrame:
+    """The findings table for a page: strings, published numbers with their {cite} role (plain
+    source names with ``cite=False``, as in the README).
 
-    Used by: book/intro.md.
+    Used by: book/intro.md, scripts/readme_findings.py.
     """
     rows = []
     for r in findings.itertuples(index=False):
         pub = "–"
         if np.isfinite(r.published_ACC):
             pub = f"{fmt_published(r.published_ACC)} ({r.published_source}"
-            pub += f" {cite_role(r.published_cite)})" if r.published_cite else ")"
+            pub += f" {cite_role(r.published_cite)})" if r.published_cite and cite else ")"
         rows.append({
             "data set": r.dataset,
             "published ACC (source)": pub,
