@@ -16,7 +16,7 @@ JOBS    ?= 1
 BOOK_ARGS ?=
 STAMP   := $(VENV)/.cmmc-installed
 
-.PHONY: setup test check lint book book-only check-site architecture ci clean devdata
+.PHONY: setup test check lint readme book book-only check-site architecture ci clean devdata
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ test: lint
 
 check: lint
 	$(BIN)/python -m pytest
+
+# the README's findings, computed from the committed records (tests/test_readme.py checks them)
+readme: setup
+	$(BIN)/python scripts/readme_findings.py
 
 book: setup
 	$(BIN)/python scripts/build_book.py --profile $(PROFILE) --jobs $(JOBS) $(BOOK_ARGS)

@@ -36,7 +36,7 @@ from sklearn.cluster import KMeans, SpectralClustering
 from sklearn.neighbors import NearestNeighbors
 
 from cmmc.metrics import evaluate
-from cmmc.validation import check_n_clusters, check_views
+from cmmc.validation import check_labels, check_n_clusters, check_views
 
 __all__ = [
     "BASELINES",
@@ -391,9 +391,7 @@ def run_baselines(
     dicts, one per view).
     """
     vs = validate_views(views, n_clusters)
-    y = np.asarray(labels)
-    if y.ndim != 1 or y.shape[0] != vs[0].shape[0]:
-        raise ValueError(f"labels must be 1-D with N={vs[0].shape[0]} entries, got shape {y.shape}")
+    y = check_labels(labels, vs[0].shape[0])
     names = list(BASELINES) if names is None else list(names)
     unknown = [nm for nm in names if nm not in BASELINES]
     if unknown:

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from cmmc.synthetic import make_multiview_blobs
-from cmmc.validation import check_views
+from cmmc.validation import check_labels, check_views
 
 __all__ = [
     "Dataset",
@@ -599,12 +599,7 @@ def _scale(x: np.ndarray, how: str, where: str) -> np.ndarray:
 
 def _labels_to_index(raw: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     name, k = spec["name"], int(spec["K"])
-    y = np.asarray(raw).ravel()
-    if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            raise ValueError(f"{name}: labels are not integers")
-    elif y.dtype.kind not in "iub":
-        raise ValueError(f"{name}: labels have dtype {y.dtype}, integers expected")
+    y = check_labels(np.asarray(raw).ravel(), name=f"{name}: labels")
     uniq = np.unique(y)
     if len(uniq) != k:
         raise ValueError(f"{name}: labels have {len(uniq)} distinct values, registry K = {k}")

@@ -13,6 +13,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import linear_sum_assignment
 
+from cmmc.validation import check_labels
+
 __all__ = [
     "check_metrics",
     "cluster_acc",
@@ -26,27 +28,9 @@ __all__ = [
 METRIC_KEYS: tuple[str, ...] = ("ACC", "NMI", "PUR", "ARI")
 
 
-def _as_labels(y: ArrayLike, name: str) -> np.ndarray:
-    """Return ``y`` as a 1-D int64 array, raising ValueError if it is not integer-like."""
-    a = np.asarray(y)
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {a.shape} (ravel .mat labels first)")
-    if a.size == 0:
-        raise ValueError(f"{name} is empty")
-    if a.dtype == bool or np.issubdtype(a.dtype, np.integer):
-        return a.astype(np.int64)
-    if np.issubdtype(a.dtype, np.floating):
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"{name} contains NaN or Inf")
-        if not np.all(a == np.round(a)):
-            raise ValueError(f"{name} must contain integer-like labels, got non-integer floats")
-        return a.astype(np.int64)
-    raise ValueError(f"{name} must contain integer-like labels, got dtype {a.dtype}")
-
-
 def _prepare(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    t = _as_labels(y_true, "y_true")
-    p = _as_labels(y_pred, "y_pred")
+    t = check_labels(y_true, name="y_true")
+    p = check_labels(y_pred, name="y_pred")
     if t.shape[0] != p.shape[0]:
         raise ValueError(
             f"y_true and y_pred must have the same length, got {t.shape[0]} and {p.shape[0]}"

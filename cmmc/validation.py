@@ -66,17 +66,28 @@ def check_n_clusters(n_clusters: int, n_samples: int) -> int:
     return k
 
 
-def check_labels(labels, n_samples: int) -> np.ndarray:
-    """Integer labels, one per sample."""
+def check_labels(labels, n_samples: int | None = None, name: str = "labels") -> np.ndarray:
+    """Integer labels as a 1-D int64 array (a column of ``n_samples`` is raveled), or a
+    ValueError naming ``name`` and the problem: not 1-D, empty, another length than
+    ``n_samples``, NaN/Inf, non-integer floats, a non-numeric dtype. The one label coercion of
+    the Trainer, the metrics and the registry's data loader."""
     y = np.asarray(labels)
+    if y.ndim != 1 and n_samples is not None and y.size == n_samples:
+        y = y.reshape(-1)
     if y.ndim != 1:
-        y = y.reshape(-1) if y.size == n_samples else y
-    if y.ndim != 1 or y.shape[0] != n_samples:
-        raise ValueError(f"labels must have length N={n_samples}, got shape {np.shape(labels)}")
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.mod(y, 1) == 0):
-            raise ValueError("labels must be integers")
-        y = y.astype(np.int64)
+        raise ValueError(f"{name} must be 1-D, got shape {y.shape} (ravel .mat labels first)")
+    if y.size == 0:
+        raise ValueError(f"{name} is empty")
+    if n_samples is not None and y.shape[0] != n_samples:
+        raise ValueError(f"{name} must have length N={n_samples}, got shape {np.shape(labels)}")
+    if y.dtype == bool or np.issubdtype(y.dtype, np.integer):
+        return y.astype(np.int64)
+    if not np.issubdtype(y.dtype, np.floating):
+        raise ValueError(f"{name} must hold integer labels, got dtype {y.dtype}")
+    if not np.isfinite(y).all():
+        raise ValueError(f"{name} holds {int((~np.isfinite(y)).sum())} NaN/Inf values")
+    if not np.all(y == np.round(y)):
+        raise ValueError(f"{name} must hold integer labels, got non-integer floats")
     return y.astype(np.int64)
 
 
