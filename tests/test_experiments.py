@@ -571,6 +571,12 @@ reason = "misnamed"
     assert ex.errata_for(gpu, old, errata) == []  # `where` does not hold
     assert ex.field_value(named_rec, "environment.cpu_capability") == "AVX"
     assert ex.field_value(named_rec, "environment.cpu_capability.x") is None
+    # the pages' one reader: every record under results/ (or one experiment's), corrected
+    loaded = dict(ex.load_corrected(tmp_path / "results", "main"))
+    assert set(loaded) == {old, new, named}
+    assert loaded[old]["environment"]["cpu_capability"] == "AVX2"
+    assert loaded[new] == new_rec and loaded[named]["environment"]["cpu_capability"] == "AVX512"
+    assert ex.load_corrected(tmp_path / "results", "none") == []
 
 
 @needs_data

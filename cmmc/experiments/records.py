@@ -237,6 +237,21 @@ def corrected(
     return out
 
 
+def load_corrected(
+    results_dir: str | Path, experiment: str | None = None, errata_file: str | Path | None = None
+) -> list[tuple[Path, dict[str, Any]]]:
+    """(path, record) of every record under ``results_dir`` (optionally one experiment's), in
+    path order, each with the errata of ``errata_file`` applied (:func:`corrected`; default:
+    ``results_dir/errata.toml``, whose globs are relative to the folder above ``results_dir``).
+    The one way pages read records whose provenance was corrected."""
+    results_dir = Path(results_dir)
+    errata_file = Path(errata_file) if errata_file else results_dir / "errata.toml"
+    errata = load_errata(errata_file, errata_file.resolve().parent.parent)
+    root = results_dir / experiment if experiment else results_dir
+    paths = sorted(root.rglob("seed*-*.json")) if root.exists() else []
+    return [(p, corrected(json.loads(p.read_text()), p, errata)) for p in paths]
+
+
 @functools.cache
 def git_state() -> tuple[str, bool]:
     """(commit, cmmc/ modified) of this process's code, taken once: at its first run, close to
