@@ -36,6 +36,7 @@ from sklearn.cluster import KMeans, SpectralClustering
 from sklearn.neighbors import NearestNeighbors
 
 from cmmc.metrics import evaluate
+from cmmc.scaling import standardize
 from cmmc.validation import check_labels, check_n_clusters, check_views
 
 __all__ = [
@@ -71,15 +72,6 @@ def validate_views(views: Sequence[ArrayLike], n_clusters: int | None = None) ->
     if n_clusters is not None:
         check_n_clusters(n_clusters, out[0].shape[0])
     return out
-
-
-def standardize(x: np.ndarray) -> np.ndarray:
-    """Column-wise z-score; zero-variance columns map to 0 (no NaN)."""
-    x = np.asarray(x, dtype=np.float64)
-    mu = x.mean(axis=0)
-    sd = x.std(axis=0)
-    sd[sd <= 1e-12 * np.maximum(1.0, np.abs(mu))] = 1.0
-    return (x - mu) / sd
 
 
 def _concat(views: list[np.ndarray]) -> np.ndarray:

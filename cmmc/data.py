@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from cmmc.scaling import SCALINGS, scale
 from cmmc.synthetic import make_multiview_blobs
 from cmmc.validation import check_labels, check_views
 
@@ -66,7 +67,7 @@ __all__ = [
 ]
 
 _REGISTRY_PATH = Path(__file__).parent / "registry.toml"
-_SCALINGS = ("none", "div255", "minmax", "minmax_view", "standardize")
+_SCALINGS = tuple(SCALINGS)  # the scaling rules a registry entry or a user may name
 
 
 # --------------------------------------------------------------------------------------------
@@ -577,26 +578,6 @@ _READERS = {
 # --------------------------------------------------------------------------------------------
 # Scaling, labels, validation
 # --------------------------------------------------------------------------------------------
-def _scale(x: np.ndarray, how: str, where: str) -> np.ndarray:
-    if how == "none":
-        return x
-    if how == "div255":
-        return x / 255.0
-    if how == "minmax":  # per feature, as sklearn.preprocessing.MinMaxScaler
-        lo, hi = x.min(axis=0), x.max(axis=0)
-        rng = hi - lo
-        rng[rng == 0] = 1.0
-        return (x - lo) / rng
-    if how == "minmax_view":
-        lo, hi = x.min(), x.max()
-        return (x - lo) / (hi - lo) if hi > lo else x - lo
-    if how == "standardize":
-        mu, sd = x.mean(axis=0), x.std(axis=0)
-        sd[sd == 0] = 1.0
-        return (x - mu) / sd
-    raise ValueError(f"{where}: unknown scaling {how!r}; known: {', '.join(_SCALINGS)}")
-
-
 def _labels_to_index(raw: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
     name, k = spec["name"], int(spec["K"])
     y = check_labels(np.asarray(raw).ravel(), name=f"{name}: labels")
@@ -631,7 +612,7 @@ def _finish(
                 f"{len(labels)} labels (views: {[np.shape(v) for v in raw_views]})"
             )
         (x,) = check_views([x], min_views=1, dtype=np.float64, names=[vname], where=name)
-        x = _scale(x, how, f"{name} view {vname!r}")
+        x = scale(x, how, f"{name} view {vname!r}")
         views.append(np.ascontiguousarray(x, dtype=np.float32))
     if "N" in spec and len(labels) != int(spec["N"]):
         raise ValueError(f"{name}: {len(labels)} samples read, registry N = {spec['N']}")
@@ -925,7 +906,7 @@ def load_views_file(
     scalings = _per_view(scaling, len(keys), "scaling", str(path))
     views = []
     for x, k, how in zip(checked, keys, scalings, strict=True):
-        views.append(np.ascontiguousarray(_scale(x, how, f"{path} view {k!r}"), dtype=np.float32))
+        views.append(np.ascontiguousarray(scale(x, how, f"{path} view {k!r}"), dtype=np.float32))
     labels, k_classes = None, None
     if y is not None:
         if len(y) != n:

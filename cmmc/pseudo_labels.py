@@ -12,6 +12,7 @@ import torch
 from sklearn.cluster import KMeans
 
 from cmmc.config import Config
+from cmmc.scaling import minmax
 
 
 def pseudo_labels(
@@ -31,9 +32,7 @@ def kmeans_pseudo_labels(
     """Pseudo labels of each view: seeded k-means on its min-max scaled h."""
     labels = []
     for h in hs:
-        h = h.float().cpu().numpy()
-        lo, hi = h.min(0), h.max(0)
-        scaled = (h - lo) / np.where(hi > lo, hi - lo, 1.0)  # sklearn MinMaxScaler's rule
+        scaled = minmax(h.float().cpu().numpy())  # float32, as sklearn's MinMaxScaler
         km = KMeans(n_clusters, n_init=restarts, random_state=seed)
         labels.append(km.fit_predict(scaled.astype(np.float64)))
     return labels
