@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from cmmc.metrics import pair_counts
+
 
 def cooccurrence(pred: np.ndarray, pseudo: np.ndarray, n_clusters: int) -> np.ndarray:
     """K x K matrix C[a, b] = #{i : pred_i = a and pseudo_i = b}."""
-    c = np.zeros((n_clusters, n_clusters), dtype=np.int64)
-    np.add.at(c, (np.asarray(pred, dtype=np.int64), np.asarray(pseudo, dtype=np.int64)), 1)
-    return c
+    return pair_counts(pred, pseudo, n_clusters, n_clusters)
 
 
 def match_pseudo_labels(pred: np.ndarray, pseudo: np.ndarray, n_clusters: int) -> np.ndarray:

@@ -22,6 +22,7 @@ __all__ = [
     "ari",
     "evaluate",
     "nmi",
+    "pair_counts",
     "purity",
 ]
 
@@ -44,13 +45,19 @@ def contingency_matrix(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray:
     return _contingency(t, p)
 
 
+def pair_counts(a: np.ndarray, b: np.ndarray, n_a: int, n_b: int) -> np.ndarray:
+    """``C[i, j]`` = #{k : a_k = i and b_k = j} for indices a in [0, n_a), b in [0, n_b): the one
+    count behind the metrics' contingency and the pseudo labels' co-occurrence."""
+    flat = np.asarray(a, dtype=np.int64).reshape(-1) * n_b + np.asarray(b, dtype=np.int64).reshape(
+        -1
+    )
+    return np.bincount(flat, minlength=n_a * n_b).reshape(n_a, n_b).astype(np.int64)
+
+
 def _contingency(t: np.ndarray, p: np.ndarray) -> np.ndarray:
     _, ti = np.unique(t, return_inverse=True)
     _, pi = np.unique(p, return_inverse=True)
-    n_t = int(ti.max()) + 1
-    n_p = int(pi.max()) + 1
-    flat = ti.reshape(-1) * n_p + pi.reshape(-1)
-    return np.bincount(flat, minlength=n_t * n_p).reshape(n_t, n_p).astype(np.int64)
+    return pair_counts(ti, pi, int(ti.max()) + 1, int(pi.max()) + 1)
 
 
 def _acc_from_c(c: np.ndarray) -> float:
