@@ -67,23 +67,13 @@ def fastpath_line(results: Path) -> str:
     """Minutes and ACC of the fast path where bf16 is native, and the bf16 − fp32 gaps."""
     recs = _records(results, "fastpath")
     table, gaps = report.fastpath_table(recs), report.fastpath_acc_gap(recs)
-    native = table[table._native.astype(bool) & (table.dataset == "MNIST-USPS")]
-    parts = []
-    for machine, g in native.groupby("machine"):
-        by = g.set_index("precision")
-        if {"bf16", "fp32"} <= set(by.index):
-            b, f = by.loc["bf16"], by.loc["fp32"]
-            parts.append(
-                f'on {machine}, a whole MNIST-USPS run with `variant="fast"` takes '
-                f"{b['minutes (mean)']:.1f} minutes (slowest of {b.seeds}: "
-                f"{b['minutes (slowest)']:.1f}; ACC {b.ACC}) against {f['minutes (mean)']:.1f} "
-                f"in fp32 with the same fused Adam (ACC {f.ACC})"
-            )
+    runs = report.fastpath_whole_runs(table)
     gap = ", ".join(f"{g['dataset']} {g['bf16 − fp32']:+.4f}" for g in gaps.to_dict("records"))
     targets = report.fastpath_targets(table, gaps)
     return (
-        "The fast path ([Scalability](book/exp_scalability.md)): "
-        + ("; ".join(parts) or "not measured on a CPU with native bf16")
+        'The fast path ([Scalability](book/exp_scalability.md), `variant="fast"`): a whole '
+        "MNIST-USPS run takes "
+        + ("; ".join(runs) or "(not measured on a CPU with native bf16)")
         + f". Mean ACC of bf16 minus fp32 over the same seeds: {gap or 'none'}. "
         f"Targets met: {int(targets.met.sum())} of {len(targets)} (the page lists them)."
     )

@@ -402,8 +402,14 @@ def test_fastpath_targets_judge_slowest_run_lowest_acc_and_gap():
             fast_record("M", "fp32_fused", 0, 0.994, 470), fast_record("M", "fp32_fused", 1, 0.992, 420),
             fast_record("M", "bf16_fused", 2, 0.999, 60, cpu_count=16),  # not a 2-core CPU
             fast_record("M", "bf16_fused", 3, 0.999, 60, cpu_capability="AVX2", cpu_bf16_units=[])]  # fmt: skip
-    t = report.fastpath_targets(report.fastpath_table(recs), report.fastpath_acc_gap(recs),
-                                dataset="M").set_index("target")  # fmt: skip
+    table = report.fastpath_table(recs)
+    t = report.fastpath_targets(table, report.fastpath_acc_gap(recs), dataset="M").set_index(
+        "target"
+    )
+    # one sentence for the 2-core native CPU with both precisions: (240 + 310) / 2 s = 4.6 min,
+    # slowest 5.2; fp32 (470 + 420) / 2 s = 7.4 min; the 16-core CPU ran no fp32, the AVX2 one no bf16
+    (run,) = report.fastpath_whole_runs(table, "M")
+    assert run.startswith("4.6 minutes in bf16 (slowest seed 5.2, ACC 0.9920 ± 0.0042) against 7.4")
     assert t.loc["M, bf16: slowest run ≤ 5 min", "value"] == "5.2 min"  # 310 s
     assert not t.loc["M, bf16: slowest run ≤ 5 min", "met"]
     assert not t.loc["M, bf16: every seed ACC ≥ 0.99", "met"]  # seed 1: 0.989

@@ -1015,6 +1015,26 @@ def fastpath_acc_gap(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
                                        "bf16 ACC", "bf16 − fp32", "_gap"])  # fmt: skip
 
 
+def fastpath_whole_runs(table: pd.DataFrame, dataset: str = "MNIST-USPS") -> list[str]:
+    """One sentence per CPU with native bf16 that ran ``dataset`` in both precisions: minutes
+    (mean, slowest seed) and ACC of the bf16 runs against the fp32 ones (:func:`fastpath_table`).
+
+    Used by: book/exp_scalability.md, scripts/readme_findings.py.
+    """
+    native = table[table._native.astype(bool) & (table.dataset == dataset)]
+    out = []
+    for machine, g in native.groupby("machine"):
+        by = g.set_index("precision")
+        if {"bf16", "fp32"} <= set(by.index):
+            b, f = by.loc["bf16"], by.loc["fp32"]
+            out.append(
+                f"{b['minutes (mean)']:.1f} minutes in bf16 (slowest seed "
+                f"{b['minutes (slowest)']:.1f}, ACC {b.ACC}) against {f['minutes (mean)']:.1f} in "
+                f"fp32 (slowest {f['minutes (slowest)']:.1f}, ACC {f.ACC}) on {machine}"
+            )
+    return out
+
+
 def fastpath_targets(
     table: pd.DataFrame,
     gaps: pd.DataFrame,
