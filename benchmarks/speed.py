@@ -2,8 +2,8 @@
 each phase against the machine's FLOP floor as a diagnostic.
 
     python benchmarks/speed.py                                   # MNIST-USPS, faithful, fp32
-    python benchmarks/speed.py --variant fast                    # the fast path (bf16 if native)
-    python benchmarks/speed.py --variant fast --json benchmarks/results/speed-....json
+    python benchmarks/speed.py --preset fast                     # the fast path (bf16 if native)
+    python benchmarks/speed.py --preset fast --json benchmarks/results/speed-....json
     python benchmarks/speed.py --estimate-only --profile         # epoch estimates only (quick)
 
 The headline is what a user feels: the wall time of the whole paper schedule (k-means
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from cmmc import CMMC, evaluate, load_dataset, make_config
-from cmmc.config import VARIANTS, variant_fields
+from cmmc.config import PRESETS, preset_fields
 from cmmc.device import bf16_native, resolve_precision
 from cmmc.model import HIDDEN
 from cmmc.train import Trainer
@@ -130,9 +130,9 @@ def schedule_gflop(flop: dict[str, float], config) -> float:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--dataset", default="MNIST-USPS")
-    p.add_argument("--variant", default="faithful", choices=list(VARIANTS),
-                   help="named configuration (cmmc.config.VARIANTS)")  # fmt: skip
-    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], help="override the variant's")
+    p.add_argument("--preset", "--variant", dest="preset", default="faithful",
+                   choices=list(PRESETS), help="named configuration (cmmc.config.PRESETS)")  # fmt: skip
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], help="override the preset's")
     p.add_argument("--fused-adam", action="store_true", help="one fused Adam kernel per step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-acc", type=float, default=0.99, help="ACC the whole run must reach")
@@ -146,7 +146,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     ds = load_dataset(args.dataset)
-    fields = variant_fields(args.variant)
+    fields = preset_fields(args.preset)
     if args.precision:
         fields["precision"] = args.precision
     if args.fused_adam:
@@ -158,11 +158,11 @@ def main() -> None:
     if precision == "bf16":  # CPUs without bf16 units emulate it, far slower: opt-in only
         rate["bf16"] = matmul_gflops(torch.bfloat16, n=1024, reps=2)
     print(f"{ds.name}: N={ds.n_samples} dims={ds.dims} threads={torch.get_num_threads()}")
-    print(f"cpu: {cpu_name()}  bf16 native: {bf16_native('cpu')}  variant: {args.variant}  "
+    print(f"cpu: {cpu_name()}  bf16 native: {bf16_native('cpu')}  preset: {args.preset}  "
           f"precision: {precision}  fused adam: {config.fused_adam}")  # fmt: skip
     result: dict = {
         "dataset": ds.name, "cpu": cpu_name(), "bf16_native": bf16_native("cpu"),
-        "variant": args.variant, "precision": precision, "fused_adam": config.fused_adam,
+        "preset": args.preset, "precision": precision, "fused_adam": config.fused_adam,
         "threads": torch.get_num_threads(), "matmul_gflops": rate,
     }  # fmt: skip
     flop = epoch_gflop(ds.dims, ds.n_samples, config.batch_size, ds.n_clusters)

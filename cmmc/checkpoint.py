@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cmmc.config import LATER_FIELDS
+from cmmc.config import Config
 from cmmc.device import adam
 from cmmc.members import BATCHABLE, copy_generator, select_members
 from cmmc.model import CMMCNetwork
@@ -111,7 +111,8 @@ class Checkpoints:
         if ckpt["seeds"] != self.seeds or len(theirs) != len(mine):
             raise ValueError(f"{path} holds seeds {ckpt['seeds']}, this trainer {self.seeds}")
         for a, b in zip(theirs, mine, strict=True):
-            a, b = ({**LATER_FIELDS, **c} for c in (a, b))  # a field left out is at its default
+            # a field a file leaves out (saved before the field existed) is at its default
+            a, b = ({**Config().to_dict(), **c} for c in (a, b))
             differ = [f for f in fields if a[f] != b[f]]
             if differ:
                 raise ValueError(f"{path} was trained with other {differ}")

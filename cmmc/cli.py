@@ -58,7 +58,7 @@ def _train_data(args: argparse.Namespace) -> tuple[Config, Dataset, int]:
     from cmmc.data import load_dataset, load_views_file
 
     # the settings first: a misspelt key is named before any data file is read or downloaded
-    config = make_config(args.dataset, args.profile, args.variant, **_overrides(args.set))
+    config = make_config(args.dataset, args.profile, args.preset, **_overrides(args.set))
     if args.dataset is not None:
         given = [f"--{o.replace('_', '-')}" for o in _FILE_ONLY if getattr(args, o) is not None]
         if given:
@@ -180,9 +180,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cmmc`` command."""
-    from cmmc.config import VARIANTS
+    from cmmc.config import FORMER_PROFILES, PRESETS, PROFILES
     from cmmc.data import _SCALINGS
     from cmmc.experiments import experiment_specs
+
+    profile_choices = [*PROFILES, *FORMER_PROFILES]
+    profile_help = (
+        "full: the official schedule (epochs, k-means restarts); quick: a short one for trying "
+        "things ('paper': the former name of full)"
+    )
 
     p = argparse.ArgumentParser(prog="cmmc", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -218,11 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--labels-out", metavar="PATH", help="write the predicted labels (.npy or .csv)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    t.add_argument("--profile", default="paper", choices=["paper", "quick"])
+    t.add_argument("--profile", default="full", choices=profile_choices, help=profile_help)
     t.add_argument(
-        "--variant",
-        choices=list(VARIANTS),
-        help="named configuration: faithful (default), fast, robust (see the README)",
+        "--preset",
+        "--variant",  # the former name
+        dest="preset",
+        choices=list(PRESETS),
+        help="named configuration: faithful (default), fast, robust, select (see the README)",
     )
     t.add_argument("--views", nargs="+", help="subset of views, by name or index, in order")
     t.add_argument(
@@ -243,12 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--seeds", type=int, help="use seeds 0..N-1")
     r.add_argument("--seed-list", type=int, nargs="+", help="use exactly these seeds")
-    r.add_argument(
-        "--profile",
-        default="paper",
-        choices=["paper", "quick"],
-        help="paper: full schedule on the whole data; quick: a short schedule on a subset",
-    )
+    r.add_argument("--profile", default="full", choices=profile_choices, help=profile_help)
     r.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     r.add_argument(
         "--workers", type=int, default=1, help="local worker processes (one per core on a CPU)"

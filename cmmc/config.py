@@ -18,30 +18,28 @@ LOSS_TERMS = ("reconstruction", "feature", "label", "entropy")
 RECON_FORMS = ("mean", "sum")
 ENTROPY_FORMS = ("pair", "view")
 FINETUNE_FORMS = ("double_softmax", "ce")
-PRECISIONS = ("fp32", "bf16", "auto")
-PSEUDO_LABELS = ("kmeans", "spectral")  # auto: bf16 where the device computes it natively
-
-# Fields added after the first records were made, with their defaults. A field at its default is
-# left out of to_dict() (and of the keys built from it), so the records made before it keep their
-# keys; a run that sets one is keyed by it.
-LATER_FIELDS: dict[str, Any] = {
-    "fused_adam": False,
-    "min_batches": 0,
-    "entropy_weight": 1.0,
-    "pseudo_labels": "kmeans",
-}
+PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where the device computes it natively
+PSEUDO_LABELS = ("kmeans", "spectral")
+SELECTIONS = ("none", "graph")  # what cmmc.selection may do after training
 
 
-def drop_later_defaults(fields: dict[str, Any]) -> dict[str, Any]:
-    """``fields`` without the :data:`LATER_FIELDS` that are at their defaults: what configurations
-    and stage keys are hashed from, so keys made before a field existed stay valid."""
-    return {k: v for k, v in fields.items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
+def plain(value: Any) -> Any:
+    """A field's value as JSON holds it (a tuple is its list): what keys compare and hash."""
+    return list(value) if isinstance(value, tuple) else value
 
 
-# Schedule profiles: "paper" is the official schedule (contrastive epochs per dataset come from
+def changed_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``fields`` (Config field -> value) that differ from Config's defaults:
+    what run and stage keys hash, so adding a field with a default keeps every key. (Changing
+    an existing default changes what a key means: that takes a new record version.)"""
+    defaults = {f.name: plain(f.default) for f in dataclasses.fields(Config)}
+    return {k: v for k, v in fields.items() if k not in defaults or plain(v) != defaults[k]}
+
+
+# Schedule profiles: "full" is the official schedule (contrastive epochs per dataset come from
 # the registry); "quick" is a smoke-test schedule for CI and for trying things out.
 PROFILES: dict[str, dict[str, Any]] = {
-    "paper": {"pretrain_epochs": 200, "finetune_epochs": 50, "kmeans_restarts": 100},
+    "full": {"pretrain_epochs": 200, "finetune_epochs": 50, "kmeans_restarts": 100},
     "quick": {
         "pretrain_epochs": 5,
         "contrastive_epochs": 5,
@@ -50,14 +48,23 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
 }
 
-# Named configurations a user picks by one name (``CMMC(variant=...)``, ``cmmc train --variant``):
+# Presets: named configurations a user picks by one name (``CMMC(preset=...)``, ``cmmc train
+# --preset``; "variant" is their former name, still read):
 # Config fields applied over a profile's schedule. "faithful" is the official code (the default);
 # "fast" the same method on the fast path (bf16 where native, fused Adam: labels may differ by
-# rounding); "robust" the configuration measured on the "Beyond the paper" page.
-VARIANTS: dict[str, dict[str, Any]] = {
+# rounding); "robust" and "select" (robust, then a label-free choice between its labels and the
+# simple baselines') the configurations measured on the "Beyond the paper" page.
+PRESETS: dict[str, dict[str, Any]] = {
     "faithful": {},
     "fast": {"precision": "auto", "fused_adam": True},
     "robust": {"precision": "auto", "fused_adam": True, "min_batches": 8, "finetune_form": "ce"},
+    "select": {
+        "precision": "auto",
+        "fused_adam": True,
+        "min_batches": 8,
+        "finetune_form": "ce",
+        "selection": "graph",
+    },
 }
 
 
@@ -73,6 +80,7 @@ _FIELD_TYPES: dict[str, Any] = {
     "str": ((str,), "a string"),
     "bool": ((bool,), "True or False"),
     "tuple[str, ...]": "losses",
+    "tuple[int, ...]": "sizes",
 }
 
 
@@ -94,6 +102,9 @@ class Config:
     tau_l: float = 1.0
     low_dim: int = 512
     high_dim: int = 128
+    # Encoder layers between a view and z (the decoder mirrors them): the official code's
+    # 500-500-2000; small ones only for tests and quick trials
+    hidden: tuple[int, ...] = (500, 500, 2000)
     # Terms of the contrastive-phase objective, composed by name (drop one for an ablation).
     losses: tuple[str, ...] = field(default=LOSS_TERMS)
     recon_form: str = "mean"  # "mean": code (MSE over all entries); "sum": paper
@@ -111,10 +122,16 @@ class Config:
     # "kmeans": the code's k-means on each view's h; "spectral": one spectral clustering (kNN
     # graph) of all views' h side by side, the same pseudo labels for every view
     pseudo_labels: str = "kmeans"
+    # After training: "none" keeps CMMC's labels; "graph" chooses, without labels, between them
+    # and the simple baselines' by modularity on every view's kNN graph (cmmc.selection)
+    selection: str = "none"
 
     def __post_init__(self) -> None:
         self._check_types()
         object.__setattr__(self, "losses", tuple(self.losses))
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden layer sizes must be >= 1, got {list(self.hidden)}")
         for name in ("pretrain_epochs", "contrastive_epochs", "finetune_epochs", "eval_every",
                      "min_batches", "entropy_weight"):  # fmt: skip
             if getattr(self, name) < 0:
@@ -134,6 +151,7 @@ class Config:
             ("finetune_form", FINETUNE_FORMS),
             ("precision", PRECISIONS),
             ("pseudo_labels", PSEUDO_LABELS),
+            ("selection", SELECTIONS),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -145,20 +163,23 @@ class Config:
             value, kind = getattr(self, f.name), _FIELD_TYPES.get(f.type)
             if kind == "losses":
                 ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+            elif kind == "sizes":
+                ok = isinstance(value, (list, tuple)) and all(
+                    isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
+                )
             elif kind is not None:
                 types = kind[0]
                 ok = isinstance(value, types) and (bool in types or not isinstance(value, bool))
             else:
                 continue
             if not ok:
-                want = "a list of loss-term names" if kind == "losses" else kind[1]
+                want = {"losses": "a list of loss-term names", "sizes": "a list of layer sizes"}
+                want = want.get(kind) if isinstance(kind, str) else kind[1]
                 raise ConfigTypeError(f"Config.{f.name} must be {want}, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form (tuples become lists; :data:`LATER_FIELDS` only when set)."""
-        d = dataclasses.asdict(self)
-        d["losses"] = list(self.losses)
-        return drop_later_defaults(d)
+        """Plain-JSON form of every field (tuples become lists)."""
+        return {k: plain(v) for k, v in dataclasses.asdict(self).items()}
 
     def batch_for(self, n_samples: int) -> int:
         """Mini-batch size on a set of ``n_samples``: ``batch_size``, at most N, and at most
@@ -178,15 +199,26 @@ def config_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(Config)}
 
 
-def schedule_for(dataset: str | None, profile: str = "paper") -> dict[str, Any]:
-    """Schedule fields for a dataset under a profile ("paper" or "quick").
+# "paper" named the full schedule until 2026-12-05; the word now means the paper's loss forms
+# only. The former name is still read (here, on the command line and in older records).
+FORMER_PROFILES = {"paper": "full"}
 
-    Under "paper" the contrastive epochs come from the dataset's registry entry (BDGP 10,
-    Fashion 100, MNIST-USPS 50, ...).
-    """
+
+def profile_name(profile: str) -> str:
+    """The current name of a schedule profile (a former name is read as its new one)."""
+    profile = FORMER_PROFILES.get(profile, profile)
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
-    out = dict(PROFILES[profile])
+    return profile
+
+
+def schedule_for(dataset: str | None, profile: str = "full") -> dict[str, Any]:
+    """Schedule fields for a dataset under a profile ("full" or "quick").
+
+    Under "full" the contrastive epochs come from the dataset's registry entry (BDGP 10,
+    Fashion 100, MNIST-USPS 50, ...).
+    """
+    out = dict(PROFILES[profile_name(profile)])
     if "contrastive_epochs" not in out:
         epochs = 50
         if dataset is not None:
@@ -197,24 +229,40 @@ def schedule_for(dataset: str | None, profile: str = "paper") -> dict[str, Any]:
     return out
 
 
-def variant_fields(variant: str | None) -> dict[str, Any]:
-    """The Config fields of a named variant (:data:`VARIANTS`; None: none)."""
-    if variant is None:
+VARIANTS = PRESETS  # the former name
+
+
+def preset_fields(preset: str | None) -> dict[str, Any]:
+    """The Config fields of a preset (:data:`PRESETS`; None: none)."""
+    if preset is None:
         return {}
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; known: {list(VARIANTS)}")
-    return dict(VARIANTS[variant])
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {list(PRESETS)}")
+    return dict(PRESETS[preset])
+
+
+variant_fields = preset_fields  # the former name
+
+
+def one_preset(preset: str | None, variant: str | None) -> str | None:
+    """The preset named by ``preset`` or by its former name ``variant`` (one of them, or both
+    alike)."""
+    if preset is not None and variant is not None and preset != variant:
+        raise ValueError(f"preset={preset!r} and variant={variant!r} name two presets: give one")
+    return preset if preset is not None else variant
 
 
 def make_config(
     dataset: str | None = None,
-    profile: str = "paper",
+    profile: str = "full",
+    preset: str | None = None,
     variant: str | None = None,
     **overrides: Any,
 ) -> Config:
-    """Config for ``dataset`` under ``profile``, then the fields of ``variant``, then
-    ``overrides``."""
+    """Config for ``dataset`` under ``profile``, then the fields of ``preset`` (or of its former
+    name ``variant``), then ``overrides``."""
+    preset = one_preset(preset, variant)
     unknown = set(overrides) - config_fields()
     if unknown:
         raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(config_fields())}")
-    return Config(**{**schedule_for(dataset, profile), **variant_fields(variant), **overrides})
+    return Config(**{**schedule_for(dataset, profile), **preset_fields(preset), **overrides})

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClusterMixin
 
-from cmmc.config import Config, config_fields, variant_fields
+from cmmc.config import Config, config_fields, one_preset, preset_fields
 from cmmc.device import resolve_device
 from cmmc.phases import embed
+from cmmc.selection import Selection, select_for
 from cmmc.train import Trainer
 from cmmc.validation import check_same_dims, check_views
 
@@ -30,10 +31,12 @@ class CMMC(ClusterMixin, BaseEstimator):
         :func:`cmmc.device.use_deterministic_cuda` once first for run-to-run identical results.
     config : a base :class:`~cmmc.config.Config` (default: ``Config()``, the official code's
         settings and schedule).
-    variant : a named configuration applied over ``config`` (:data:`cmmc.config.VARIANTS`):
+    preset : a named configuration applied over ``config`` (:data:`cmmc.config.PRESETS`):
         None or "faithful" (the official code), "fast" (bf16 where the hardware has it, fused
-        Adam), "robust" (for small sets with many clusters, not with a few clusters; see the
-        book's "Beyond the paper").
+        Adam), "robust" (for small sets with many clusters, not with a few clusters), "select"
+        (robust, then a label-free choice between its labels and the simple baselines'); see
+        the book's "Beyond the paper".
+    variant : the former name of ``preset`` (still read).
     progress : show tqdm progress bars.
     pretrain_epochs, contrastive_epochs, ..., precision, fused_adam : every
         :class:`~cmmc.config.Config` field; ``None`` (the default) keeps the base config's value.
@@ -41,7 +44,9 @@ class CMMC(ClusterMixin, BaseEstimator):
         fp32) and ``fused_adam=True``; the defaults are the official code's (fp32, Adam's loop).
 
     After ``fit``: ``labels_``, ``history_`` (one dict per epoch), ``phase_seconds_``,
-    ``pseudo_labels_``, ``network_``, ``config_``, ``device_``, ``dims_``. To train several seeds
+    ``pseudo_labels_``, ``network_``, ``config_``, ``device_``, ``dims_``; with
+    ``selection="graph"`` also ``selection_`` (:class:`~cmmc.selection.Selection`: the chosen
+    candidate and every candidate's score) and ``cmmc_labels_`` (CMMC's own). To train several seeds
     or temperatures at once, or to stop and resume between phases, drive a
     :class:`~cmmc.train.Trainer` and read each member with :meth:`from_trainer`.
     """
@@ -53,6 +58,7 @@ class CMMC(ClusterMixin, BaseEstimator):
         random_state: int = 0,
         device: str = "cpu",
         config: Config | None = None,
+        preset: str | None = None,
         variant: str | None = None,
         progress: bool = True,
         pretrain_epochs: int | None = None,
@@ -64,6 +70,7 @@ class CMMC(ClusterMixin, BaseEstimator):
         tau_l: float | None = None,
         low_dim: int | None = None,
         high_dim: int | None = None,
+        hidden: Sequence[int] | None = None,
         losses: Sequence[str] | None = None,
         recon_form: str | None = None,
         entropy_form: str | None = None,
@@ -75,11 +82,13 @@ class CMMC(ClusterMixin, BaseEstimator):
         min_batches: int | None = None,
         entropy_weight: float | None = None,
         pseudo_labels: str | None = None,
+        selection: str | None = None,
     ) -> None:
         self.n_clusters = n_clusters
         self.random_state = random_state
         self.device = device
         self.config = config
+        self.preset = preset
         self.variant = variant
         self.progress = progress
         self.pretrain_epochs = pretrain_epochs
@@ -91,6 +100,7 @@ class CMMC(ClusterMixin, BaseEstimator):
         self.tau_l = tau_l
         self.low_dim = low_dim
         self.high_dim = high_dim
+        self.hidden = hidden
         self.losses = losses
         self.recon_form = recon_form
         self.entropy_form = entropy_form
@@ -102,6 +112,7 @@ class CMMC(ClusterMixin, BaseEstimator):
         self.min_batches = min_batches
         self.entropy_weight = entropy_weight
         self.pseudo_labels = pseudo_labels
+        self.selection = selection
 
     def _resolved_config(self) -> Config:
         """The base config with every field given as a keyword replaced (validated by Config)."""
@@ -109,7 +120,8 @@ class CMMC(ClusterMixin, BaseEstimator):
         if not isinstance(base, Config):
             raise ValueError(f"config must be a cmmc Config or None, got {type(base).__name__}")
         changes = {f: getattr(self, f) for f in config_fields() if getattr(self, f) is not None}
-        return base.replace(**{**variant_fields(self.variant), **changes})
+        preset = preset_fields(one_preset(self.preset, self.variant))
+        return base.replace(**{**preset, **changes})
 
     def fit(self, views: Sequence, y: Sequence | None = None) -> CMMC:
         """Train on ``views`` (list of N x D_m arrays). ``y`` only feeds the metric history."""
@@ -134,6 +146,12 @@ class CMMC(ClusterMixin, BaseEstimator):
         self.phase_seconds_ = dict(state.phase_seconds)
         self.pseudo_labels_ = state.pseudo_labels
         self.labels_ = labels[member] if trainer.stacked else labels
+        self.selection_: Selection | None = None
+        if self.config_.selection != "none":  # chosen without labels: trainer.y is not passed
+            self.cmmc_labels_ = self.labels_
+            self.selection_, seconds = select_for(trainer, member, self.labels_)
+            self.labels_ = self.selection_.labels
+            self.phase_seconds_["selection"] = seconds
 
     @classmethod
     def from_trainer(cls, trainer: Trainer, member: int = 0) -> CMMC:
@@ -163,7 +181,13 @@ class CMMC(ClusterMixin, BaseEstimator):
         return {k: [t.float().cpu().numpy() for t in v] for k, v in out.items()}
 
     def predict(self, views: Sequence) -> np.ndarray:
-        """Cluster of each sample: argmax of the view-averaged soft assignment."""
+        """Cluster of each sample: argmax of the view-averaged soft assignment. Where a selection
+        chose a baseline (which clusters only the samples it saw), an error: use ``labels_``."""
+        if getattr(self, "selection_", None) is not None and self.selection_.chosen != "cmmc":
+            raise ValueError(
+                f"the selection chose {self.selection_.chosen!r}, which cannot label new samples: "
+                "read labels_ (or fit_predict) for the training samples"
+            )
         q = self.embed(views)["q"]
         return np.mean(q, axis=0).argmax(1)
 

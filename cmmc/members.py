@@ -1,4 +1,4 @@
-"""K runs trained as one: which members may share a batch, how each member's network and shuffle
+"""M runs trained as one: which members may share a batch, how each member's network and shuffle
 generator are built (as its single run's), moving members (keep, repeat) with their optimiser
 state, and the members' configuration (:class:`MemberConfigs`)."""
 
@@ -107,7 +107,11 @@ def build_members(
     for seed in seeds:
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(int(seed))
-            nets.append(CMMCNetwork(dims, n_clusters, config.low_dim, config.high_dim).to(device))
+            nets.append(
+                CMMCNetwork(dims, n_clusters, config.low_dim, config.high_dim, config.hidden).to(
+                    device
+                )
+            )
             gens.append(member_generator(int(seed), device))
     return nets, gens
 
@@ -145,7 +149,7 @@ class MemberConfigs:
     def _derive(self) -> None:
         """What follows from the configs: the batch size and the members' temperatures."""
         self.batch = self.config.batch_for(self.n)  # at most N: drop_last would leave no batch
-        # Per-member temperatures (K-vectors), or None where all members share the config's:
+        # Per-member temperatures (M-vectors), or None where all members share the config's:
         # shared ones stay Python floats, exactly the single run's arithmetic.
         taus = []
         for name in BATCHABLE:

@@ -1,7 +1,7 @@
 """The CMMC network: one autoencoder per view, a shared feature head and a shared label head.
 
-Layer sizes follow the official MFLVC code: encoder D->500->500->2000->512 with ReLU between
-layers, the mirrored decoder, PyTorch's default initialisation, no normalisation layers.
+Layer sizes follow the official MFLVC code (``Config.hidden`` may make them smaller): encoder
+D->500->500->2000->512 with ReLU between layers, the mirrored decoder, PyTorch's default initialisation, no normalisation layers.
 """
 
 from __future__ import annotations
@@ -29,11 +29,17 @@ class CMMCNetwork(nn.Module):
     """Per-view autoencoders plus the shared feature (h) and label (q) heads."""
 
     def __init__(
-        self, dims: Sequence[int], n_clusters: int, low_dim: int = 512, high_dim: int = 128
+        self,
+        dims: Sequence[int],
+        n_clusters: int,
+        low_dim: int = 512,
+        high_dim: int = 128,
+        hidden: Sequence[int] = HIDDEN,
     ) -> None:
         super().__init__()
-        self.encoders = nn.ModuleList(mlp([d, *HIDDEN, low_dim]) for d in dims)
-        self.decoders = nn.ModuleList(mlp([low_dim, *HIDDEN[::-1], d]) for d in dims)
+        hidden = list(hidden)
+        self.encoders = nn.ModuleList(mlp([d, *hidden, low_dim]) for d in dims)
+        self.decoders = nn.ModuleList(mlp([low_dim, *hidden[::-1], d]) for d in dims)
         self.feature_head = nn.Linear(low_dim, high_dim)
         self.label_head = nn.Linear(low_dim, n_clusters)
 

@@ -1,4 +1,4 @@
-"""What the three phases are made of, shared by one run and K stacked members: which Config fields
+"""What the three phases are made of, shared by one run and M stacked members: which Config fields
 each phase's end state depends on (the key of every cache), the loss terms of a mini-batch, the
 whole-set forward pass and the read-out of clusters.
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cmmc import losses as L
-from cmmc.config import Config, drop_later_defaults
+from cmmc.config import Config, changed_fields
 from cmmc.matching import match_pseudo_labels
 from cmmc.model import CMMCNetwork
 
@@ -31,11 +31,12 @@ PHASES = ("pretrain", "contrastive", "finetune")
 # The Config fields each phase adds to what its end state depends on (besides the data, the
 # seed and the device). Every Config field is named once (tests/test_batched.py checks it).
 _PHASE_FIELDS = {
-    "pretrain": ("pretrain_epochs", "batch_size", "lr", "low_dim", "high_dim", "recon_form",
+    "pretrain": ("pretrain_epochs", "batch_size", "lr", "low_dim", "high_dim", "hidden", "recon_form",
                  "precision", "fused_adam", "min_batches", "eval_every"),  # eval: history
     "contrastive": ("contrastive_epochs", "tau_f", "tau_l", "losses", "entropy_form",
                     "entropy_weight"),
-    "finetune": ("finetune_epochs", "kmeans_restarts", "finetune_form", "pseudo_labels"),
+    "finetune": ("finetune_epochs", "kmeans_restarts", "finetune_form", "pseudo_labels",
+                 "selection"),  # the choice after training: part of a run's last stage
 }  # fmt: skip
 
 
@@ -55,7 +56,7 @@ def phases_to_run(
 
 def matched_targets(q: torch.Tensor, pseudo: list[np.ndarray], n_clusters: int) -> torch.Tensor:
     """Fine-tuning targets of one view: each member's pseudo labels renamed to best match its
-    current argmax (maximum matching). ``q``: (K x) N x C; ``pseudo``: one label array per
+    current argmax (maximum matching). ``q``: (M x) N x C; ``pseudo``: one label array per
     member. The matching is host work: one CPU-GPU sync per view and step."""
     preds = q.detach().float().argmax(-1).cpu().numpy().reshape(len(pseudo), -1)
     matched = [match_pseudo_labels(p, t, n_clusters) for p, t in zip(preds, pseudo, strict=True)]
@@ -72,10 +73,11 @@ def stage_fields(stage: str) -> tuple[str, ...]:
 def stage_key(config: Config, stage: str, identity: dict[str, Any] | None = None) -> str:
     """16-hex hash of the fields of :func:`stage_fields` and ``identity`` (data set, data
     options, seed, device, ...: whatever else the caller's state depends on)."""
-    payload = drop_later_defaults({f: getattr(config, f) for f in stage_fields(stage)})
-    clash = set(payload) & set(identity or {})
+    fields = stage_fields(stage)
+    clash = set(fields) & set(identity or {})
     if clash:
         raise ValueError(f"identity repeats config fields {sorted(clash)}")
+    payload = changed_fields({f: getattr(config, f) for f in fields})
     payload.update(identity or {})
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -108,7 +110,7 @@ class TrainState:
 @torch.no_grad()
 def _embed_chunks(forward: Callable, xs: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
     """``forward`` over the whole set in chunks; per view z, h, q (samples on the next-to-last
-    axis, so one run's N x d and K members' K x N x d are joined alike)."""
+    axis, so one run's N x d and M members' M x N x d are joined alike)."""
     parts: dict[str, list[list[torch.Tensor]]] = {"z": [], "h": [], "q": []}
     for start in range(0, xs[0].shape[0], EVAL_CHUNK):
         out = forward([x[start : start + EVAL_CHUNK] for x in xs])

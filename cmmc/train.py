@@ -1,16 +1,16 @@
-"""The Trainer: CMMC's three phases for one run, or for K stacked members, in one loop.
+"""The Trainer: CMMC's three phases for one run, or for M stacked members, in one loop.
 
 One Adam optimiser is kept across all phases (as in the official code). Batches are index
 slices of a permutation. Each phase is an (epochs, batches, terms) triple fed to the same loop
 (:meth:`Trainer._run_phase`); what the phases are made of lives in :mod:`cmmc.phases`. The terms
 of a phase are written once, for one member's weights, over ``functional_call``: a single run
-calls them directly, and K members (seeds, temperatures) call them through ``vmap`` over stacked
-weights, so each kernel launch does K runs' work. Every member follows its single run step for
+calls them directly, and M members (seeds, temperatures) call them through ``vmap`` over stacked
+weights, so each kernel launch does M runs' work. Every member follows its single run step for
 step (the same initial weights, shuffles, Adam update and seeded k-means); only the batched matrix
 products may sum in another order (``tests/test_batched.py`` compares them).
 
 Around it: :mod:`cmmc.device` (device, precision), :mod:`cmmc.pseudo_labels`,
-:mod:`cmmc.members` (what K members share) and :mod:`cmmc.checkpoint` (state and caches).
+:mod:`cmmc.members` (what M members share) and :mod:`cmmc.checkpoint` (state and caches).
 """
 
 from __future__ import annotations
@@ -53,10 +53,10 @@ from cmmc.validation import check_labels, check_n_clusters, check_views
 
 
 class Trainer(MemberConfigs, Checkpoints):
-    """Runs the three phases for one network, or for K stacked member networks at once.
+    """Runs the three phases for one network, or for M stacked member networks at once.
 
     One run: ``nets`` is a network, ``configs`` a Config, ``seeds`` an int; ``trainer.net`` is that
-    network, trained in place. K members: lists of K networks, Configs (differing only in
+    network, trained in place. M members: lists of M networks, Configs (differing only in
     :data:`BATCHABLE`) and seeds; their weights are stacked and the same loop maps over them.
     ``generators``: each member's shuffle generator (default: as a single run's would be now).
     ``share_pretraining``: members with the same seed pre-train once
@@ -95,7 +95,7 @@ class Trainer(MemberConfigs, Checkpoints):
         self.template = copy.deepcopy(members[0]).to("meta")
         if self.stacked:
             self.net = None
-            self.params, _ = stack_module_state(members)  # fresh leaves, K x ...
+            self.params, _ = stack_module_state(members)  # fresh leaves, M x ...
         else:
             self.net = members[0]  # one run trains its network's own parameters
             self.params = dict(self.net.named_parameters())
@@ -140,7 +140,7 @@ class Trainer(MemberConfigs, Checkpoints):
         progress: bool = True,
         share_pretraining: bool = True,
     ) -> Trainer:
-        """K stacked members, each built exactly as its single run (:meth:`for_data`) would be."""
+        """M stacked members, each built exactly as its single run (:meth:`for_data`) would be."""
         seeds, configs = list(seeds), list(configs)
         return cls._build(views, y, n_clusters, seeds, configs, device, progress, True,
                           share_pretraining)  # fmt: skip
@@ -158,7 +158,7 @@ class Trainer(MemberConfigs, Checkpoints):
             return cls(nets[0], xs, k, configs[0], seeds[0], labels, progress, gens)
         return cls(nets, xs, k, configs, seeds, labels, progress, gens, share)
 
-    # -- one member's computations, mapped over the stack for K members ------------------------
+    # -- one member's computations, mapped over the stack for M members ------------------------
     def _map(self, fn: Callable, in_dims: tuple) -> Callable:
         """``fn`` itself for one run; ``vmap(fn, in_dims)`` over the members' stacked weights."""
         return vmap(fn, in_dims=in_dims) if self.stacked else fn
@@ -167,7 +167,7 @@ class Trainer(MemberConfigs, Checkpoints):
         return functional_call(self.template, params, (xs,), {"decode": decode, "heads": heads})
 
     def _terms(self, names: tuple[str, ...], taus: tuple) -> Callable:
-        """Batch -> the named terms of every member (K-vectors, or scalars for one run)."""
+        """Batch -> the named terms of every member (M-vectors, or scalars for one run)."""
         decode, heads = "reconstruction" in names, names != ("reconstruction",)
 
         def member(params, xb, tau_f, tau_l):
@@ -183,24 +183,24 @@ class Trainer(MemberConfigs, Checkpoints):
         form = self.config.finetune_form
         cross_entropy = self._map(lambda q, t: L.finetune_cross_entropy(q, t, form), (0, 0))
         loss = 0.0
-        for m, q in enumerate(forward(self.params, xs)):  # q: (K x) N x C
+        for m, q in enumerate(forward(self.params, xs)):  # q: (M x) N x C
             target = matched_targets(q, [member[m] for member in self.pseudo_labels], self.k)
             loss = loss + cross_entropy(q.float(), target)
         return {"finetune": loss}
 
     def embed(self) -> dict[str, list[torch.Tensor]]:
-        """Whole-set z, h, q per view: N x d for one run, K x N x d for K members."""
+        """Whole-set z, h, q per view: N x d for one run, M x N x d for M members."""
         forward = self._map(lambda p, c: self._forward(p, c, decode=False), (0, None))
         return _embed_chunks(lambda chunk: forward(self.params, chunk), self.xs)
 
     def read_out(self) -> np.ndarray:
-        """Clusters of every sample: N labels for one run, K x N for K members."""
+        """Clusters of every sample: N labels for one run, M x N for M members."""
         return read_out(self.embed()["q"])
 
     # -- the loop ------------------------------------------------------------------------------
     def _shuffled(self) -> Iterator[list[torch.Tensor]]:
         """Mini-batches of a fresh permutation per member (drop_last, as the official DataLoader);
-        (K x) B x D per view."""
+        (M x) B x D per view."""
         perms = torch.stack(
             [torch.randperm(self.n, generator=g, device=self.device) for g in self.gens]
         )

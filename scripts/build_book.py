@@ -1,14 +1,14 @@
 """Build the book: `jupyter-book build book/` with options, warnings as errors.
 
 The reader's command `jupyter-book build book/` executes every page whose notebook is missing
-or stale (book/_ext/book_execution.py: jupytext + papermill, the `records` profile) and builds
+or stale (book/_ext/book_execution.py: jupytext + papermill, the `records` mode) and builds
 the HTML; a second build executes nothing when nothing changed. This script (`make book`) runs
 that same command with the options below passed as CMMC_BOOK_* environment variables, and adds
 `-W --keep-going`: any Sphinx warning fails the build.
 
-    python scripts/build_book.py                            # = make book (profile records)
-    python scripts/build_book.py --profile quick            # CI: every page computes short runs
-    python scripts/build_book.py --profile paper            # the real thing, results/ filled
+    python scripts/build_book.py                            # = make book (mode records)
+    python scripts/build_book.py --mode quick               # CI: every page computes short runs
+    python scripts/build_book.py --mode full                # the real thing, results/ filled
     python scripts/build_book.py --only intro data          # execute at most these pages
     python scripts/build_book.py --only autoencoders -p dataset BDGP
     python scripts/build_book.py --only data --rerun        # execute even if up to date
@@ -36,7 +36,7 @@ BOOK = ROOT / "book"
 sys.path.insert(0, str(BOOK / "_ext"))
 
 from book_execution import (  # noqa: E402
-    DEFAULT_PROFILE,
+    DEFAULT_MODE,
     PageExecutionError,
     Settings,
     prepare_pages,
@@ -101,7 +101,11 @@ def main(argv=None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--profile", default=DEFAULT_PROFILE, help="profile in book/profiles.toml (records)"
+        "--mode",
+        "--profile",  # the former name
+        dest="mode",
+        default=DEFAULT_MODE,
+        help="mode in book/modes.toml (records)",
     )
     parser.add_argument("--only", nargs="+", metavar="PAGE", help="execute at most these pages")
     parser.add_argument("--rerun", action="store_true", help="execute even if up to date")
@@ -109,7 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-build", action="store_true", help="execute, do not build")
     parser.add_argument("--fresh", action="store_true", help="rewrite every HTML page (--all)")
     parser.add_argument("-j", "--jobs", type=int, default=1, help="notebooks run in parallel")
-    parser.add_argument("--results-dir", type=Path, help="override the profile's results_dir")
+    parser.add_argument("--results-dir", type=Path, help="override the mode's results_dir")
     parser.add_argument("--data-dir", type=Path, help="passed to the notebooks as data_dir")
     parser.add_argument(
         "-p",
@@ -129,7 +133,7 @@ def main(argv=None) -> int:
         params["data_dir"] = str(args.data_dir.resolve())
     params.update({name: parse_value(value) for name, value in args.param})
     settings = Settings(
-        profile=args.profile,
+        mode=args.mode,
         params=params,
         only=tuple(args.only) if args.only else None,
         rerun=args.rerun,

@@ -86,7 +86,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--experiments", nargs="+", default=DEFAULT_EXPERIMENTS)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--profile", default="paper")
+    ap.add_argument("--profile", default="full")
     ap.add_argument("--results", default="results")
     ap.add_argument("--workers", type=int, default=4, help="batches in flight on the GPU, at most")
     ap.add_argument("--batch", type=int, default=10, help="members per batch (1: single runs)")

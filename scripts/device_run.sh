@@ -3,7 +3,7 @@
 # the new records to bring back. For machines without network access or a usable .git, where a
 # job runs under a wall-time limit (as on a batch scheduler):
 #
-#   before: make devdata                      # data files + .devdata/COMMIT (the commit copied:
+#   before: bash scripts/pack_devdata.sh      # data files + .devdata/COMMIT (the commit copied:
 #                                               the copy's .git, if any, can be stale)
 #   job:    bash scripts/device_run.sh 580    # from the copied tree's root, .devdata beside it
 #   after:  tar xzf $OUT/results.tar.gz       # the records land in results/; commit them

@@ -17,8 +17,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_config(**kw):
-    base = dict(pretrain_epochs=2, contrastive_epochs=2, finetune_epochs=2, kmeans_restarts=2)
-    return make_config(None, "paper", **{**base, "batch_size": 64, "eval_every": 1, **kw})
+    base = dict(pretrain_epochs=2, contrastive_epochs=2, finetune_epochs=2, kmeans_restarts=2,
+                hidden=(64, 64, 128))  # fmt: skip
+    return make_config(None, "full", **{**base, "batch_size": 64, "eval_every": 1, **kw})
 
 
 def fit_members(views, y, seeds, configs, **kw):

@@ -56,12 +56,12 @@ def _outputs(nb_path: Path) -> str:
 
 @pytest.fixture
 def book(tmp_path, monkeypatch):
-    """A repository with book/{a,b}.md (a has code, b has none) and a `records` profile."""
+    """A repository with book/{a,b}.md (a has code, b has none) and a `records` mode."""
     root = tmp_path / "repo"
     book = root / "book"
     book.mkdir(parents=True)
     (book / "_toc.yml").write_text("format: jb-book\nroot: a\nchapters:\n  - file: b\n")
-    (book / "profiles.toml").write_text(
+    (book / "modes.toml").write_text(
         '[records]\nresults_dir = "res"\n[records.params]\nprofile = "quick"\n'
         '[quick]\nresults_dir = "book/_build/q"\n'
     )
@@ -70,7 +70,7 @@ def book(tmp_path, monkeypatch):
     monkeypatch.setattr(be, "BOOK", book)
     monkeypatch.setattr(be, "ROOT", root)
     monkeypatch.setattr(be, "TOC", book / "_toc.yml")
-    monkeypatch.setattr(be, "PROFILES", book / "profiles.toml")
+    monkeypatch.setattr(be, "MODES", book / "modes.toml")
     return book
 
 
@@ -81,7 +81,8 @@ def _statuses(outcomes) -> dict[str, str]:
 def test_settings_round_trip_through_the_environment():
     settings = be.Settings("quick", {"dataset": "BDGP", "seed": 3}, ("a", "b"), True, False, 2)
     assert be.Settings.from_env(settings.to_env()) == settings
-    assert be.Settings.from_env({}) == be.Settings(profile="records")
+    assert be.Settings.from_env({}) == be.Settings(mode="records")
+    assert be.Settings.from_env({"CMMC_BOOK_PROFILE": "full"}).mode == "full"  # the former name
 
 
 def test_stale_reason_names_what_changed():
@@ -89,7 +90,7 @@ def test_stale_reason_names_what_changed():
     assert be.stale_reason(fp, dict(fp)) == ""
     assert be.stale_reason(None, fp) == "no executed notebook"
     assert be.stale_reason(fp, be.fingerprint(b"src2", {"profile": "quick"}, True, "lib", "rec"))
-    changed = be.fingerprint(b"src", {"profile": "paper"}, True, "lib2", "rec")
+    changed = be.fingerprint(b"src", {"profile": "full"}, True, "lib2", "rec")
     assert be.stale_reason(fp, changed) == "parameters, library changed"
     # a page without code depends on its source only
     prose = be.fingerprint(b"src", {"profile": "quick"}, False, "lib", "rec")
@@ -179,9 +180,9 @@ def test_a_failing_cell_fails_and_is_executed_again_next_time(book):
         be.prepare_pages(be.Settings(), log=lambda line: None)
 
 
-def test_unknown_profile_or_page_is_an_error(book):
-    with pytest.raises(be.PageExecutionError, match="unknown profile"):
-        be.prepare_pages(be.Settings(profile="nosuch"), log=lambda line: None)
+def test_unknown_mode_or_page_is_an_error(book):
+    with pytest.raises(be.PageExecutionError, match="unknown mode 'nosuch'"):
+        be.prepare_pages(be.Settings(mode="nosuch"), log=lambda line: None)
     with pytest.raises(be.PageExecutionError, match="not in the table of contents"):
         be.prepare_pages(be.Settings(only=("zzz",)), log=lambda line: None)
 
@@ -190,5 +191,14 @@ def test_the_real_table_of_contents_has_a_source_for_every_page():
     pages = be.toc_pages(ROOT / "book" / "_toc.yml")
     assert pages[0] == "intro" and len(pages) == len(set(pages))
     assert all((ROOT / "book" / f"{page}.md").is_file() for page in pages)
-    for profile in ("records", "quick", "paper"):
-        be.load_profile(profile, ROOT / "book" / "profiles.toml")
+    modes = ROOT / "book" / "modes.toml"
+    for mode in ("records", "quick", "full"):
+        be.load_mode(mode, modes)
+    assert be.load_mode("paper", modes) == be.load_mode("full", modes)  # the former name
+    # the full mode's pages run the full schedule; the records mode's experiment pages read it
+    assert (
+        be.page_parameters("full", be.load_mode("full", modes), "exp_main", {})["profile"] == "full"
+    )
+    records = be.load_mode("records", modes)
+    assert be.page_parameters("records", records, "exp_main", {})["profile"] == "full"
+    assert be.page_parameters("records", records, "autoencoders", {})["profile"] == "quick"

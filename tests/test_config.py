@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from cmmc.config import Config, ConfigTypeError
 
@@ -21,6 +22,9 @@ from cmmc.config import Config, ConfigTypeError
         ("fused_adam", 1, "Config.fused_adam must be True or False, got 1"),
         ("fused_adam", "yes", "Config.fused_adam must be True or False"),
         ("precision", 16, "Config.precision must be a string, got 16"),
+        ("hidden", "500", "Config.hidden must be a list of layer sizes, got '500'"),
+        ("hidden", [500, 2.5], "Config.hidden must be a list of layer sizes"),
+        ("selection", None, "Config.selection must be a string, got None"),
     ],
 )
 def test_a_value_of_the_wrong_type_is_refused_by_name(field, value, message):
@@ -42,3 +46,26 @@ def test_every_field_has_a_checked_type():
 
     unknown = [f.name for f in dataclasses.fields(Config) if f.type not in _FIELD_TYPES]
     assert unknown == []
+
+
+def test_hidden_sizes_the_network_and_keys_ignore_its_default():
+    from cmmc.members import build_members
+    from cmmc.phases import stage_key
+
+    cfg = Config(hidden=[8, 16], low_dim=4, high_dim=3)
+    assert cfg.hidden == (8, 16)
+    (net,), _ = build_members([5, 7], 2, [0], [cfg], torch.device("cpu"))
+    shapes = [tuple(p.shape) for p in net.encoders[1].parameters()]
+    assert shapes == [(8, 7), (8,), (16, 8), (16,), (4, 16), (4,)]
+    shapes = [tuple(p.shape) for p in net.decoders[0].parameters()]
+    assert shapes == [(16, 4), (16,), (8, 16), (8,), (5, 8), (5,)]
+    assert Config(hidden=[8]).to_dict()["hidden"] == [8]
+    ident = {"dataset": "BDGP", "seed": 0}
+    assert stage_key(Config(hidden=[500, 500, 2000]), "pretrain", ident) == stage_key(
+        Config(), "pretrain", ident
+    )
+    assert stage_key(Config(hidden=[8]), "pretrain", ident) != stage_key(
+        Config(), "pretrain", ident
+    )
+    with pytest.raises(ValueError, match="hidden layer sizes must be >= 1"):
+        Config(hidden=[8, 0])

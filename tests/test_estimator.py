@@ -25,6 +25,7 @@ TINY = dict(
     finetune_epochs=2,
     batch_size=32,
     kmeans_restarts=2,
+    hidden=(64, 64, 128),  # a small network: the tests check behaviour, not the official sizes
     progress=False,
 )
 TINY_CONFIG = Config(**{k: v for k, v in TINY.items() if k != "progress"})
@@ -183,7 +184,7 @@ def test_every_setting_is_a_keyword_with_a_default():
     check_parameters_default_constructible("CMMC", CMMC())
     check_no_attributes_set_in_init("CMMC", CMMC())
     names = set(inspect.signature(CMMC).parameters)
-    fixed = {"n_clusters", "random_state", "device", "config", "variant", "progress"}
+    fixed = {"n_clusters", "random_state", "device", "config", "preset", "variant", "progress"}
     assert names == fixed | config_fields()
     assert set(CMMC().get_params()) == names
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cmmc import experiments as ex
+from cmmc import make_config
 from cmmc.experiments import engines, kinds, records
 
 DATA = os.environ.get("CMMC_DATA_DIR", str(Path(__file__).resolve().parents[1] / "data"))
@@ -439,7 +440,7 @@ def test_machine_difference_names_what_changes_rounding():
 def test_dedupe_counts_a_run_once_across_devices_but_not_scalability():
     def rec(kind, device, finished, seed=0, variant="code"):
         return {"experiment": "x", "kind": kind, "dataset": "D", "variant": variant,
-                "seed": seed, "profile": "paper", "n_samples": 100, "device": device,
+                "seed": seed, "profile": "full", "n_samples": 100, "device": device,
                 "finished": finished}  # fmt: skip
 
     runs = [
@@ -477,6 +478,36 @@ def test_every_committed_record_rebuilds_to_its_key_and_path():
         own = next(t for t in tasks if t["key"] == rec["key"])
         assert ex.record_path(RESULTS, own) == p
     assert n_members >= len(paths)
+
+
+def test_a_plan_finds_a_version_1_record_and_writes_new_ones_under_version_2(tmp_path):
+    import hashlib
+
+    (task,) = ex.plan("main", datasets=["BDGP"], seeds=[0], variants=["code"], results_dir=tmp_path)
+    assert task["key"] == ex.run_key(task) and ex.RECORD_VERSION == 2
+    # version 1 by hand: every field but the later ones left at their defaults
+    from cmmc.experiments.records import V1_LATER_FIELDS
+
+    v1_config = {k: v for k, v in task["config"].items() if k not in V1_LATER_FIELDS}
+    payload = {"v": 1, "kind": "cmmc", "dataset": "BDGP", "data": {}, "config": v1_config,
+               "seed": 0, "device": "cpu", "options": task["options"]}  # fmt: skip
+    v1 = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    assert ex.run_key(task, version=1) == v1 != task["key"]
+    # version 2 by hand: the fields that differ from Config's defaults (the registry's epochs)
+    from cmmc.config import Config, plain
+
+    changed = {k: v for k, v in task["config"].items() if v != plain(getattr(Config(), k))}
+    assert ex.run_key(task) == hashlib.sha256(json.dumps(
+        {**payload, "v": 2, "config": changed}, sort_keys=True).encode()).hexdigest()[:16]  # fmt: skip
+    old = ex.record_path(tmp_path, {**task, "key": v1})
+    old.parent.mkdir(parents=True)
+    old.write_text("{}")
+    (again,) = ex.plan(
+        "main", datasets=["BDGP"], seeds=[0], variants=["code"], results_dir=tmp_path
+    )
+    assert (again["key"], again["path"]) == (v1, str(old))
+    with pytest.raises(ValueError, match="unknown record version 3"):
+        ex.run_key(task, version=3)
 
 
 def test_kinds_are_data_that_the_engines_read(tmp_path):
@@ -521,9 +552,9 @@ def test_ensure_records_computes_a_quick_plan_once_and_lists_what_is_missing(tmp
     again, info = ex.ensure_records("baselines", tmp_path, "quick", quick_kwargs=quick)
     assert info["computed"] == 0 and info["found"] == 2
     assert [r["key"] for r in again] == [r["key"] for r in recs]
-    # the paper profile computes nothing on its own: its records are missing, the quick ones shown
-    paper = {"datasets": ["Synthetic3d"], "seeds": [0]}
-    shown, info = ex.ensure_records("baselines", tmp_path, "paper", paper_kwargs=paper)
+    # the full profile computes nothing on its own: its records are missing, the quick ones shown
+    full = {"datasets": ["Synthetic3d"], "seeds": [0]}
+    shown, info = ex.ensure_records("baselines", tmp_path, "full", full_kwargs=full)
     assert info["computed"] == 0 and info["planned"] == 1 and info["profiles"] == ["quick"]
     assert info["missing"] == [{"dataset": "Synthetic3d", "variant": "default", "seed": 0}]
     assert len(shown) == 2
@@ -599,3 +630,28 @@ def test_a_shared_pretraining_is_cached_and_continues_exactly(tmp_path):
         return [{k: v for k, v in h.items() if k != "seconds"} for h in rec["history"]]
 
     assert losses(alone) == losses(second)
+
+
+def test_the_former_profile_name_paper_reads_as_full(tmp_path):
+    # the official schedule: 200 pre-training epochs, 50 fine-tuning steps, 100 k-means restarts
+    assert make_config(None, "paper") == make_config(None, "full")
+    full = make_config(None, "full")
+    assert (full.pretrain_epochs, full.finetune_epochs, full.kmeans_restarts) == (200, 50, 100)
+    with pytest.raises(ValueError, match="unknown profile 'long'"):
+        make_config(None, "long")
+    # a record written before the rename says "paper"; read, it says "full", other fields kept
+    rec = {"experiment": "x", "dataset": "D", "variant": "code", "seed": 3, "profile": "paper"}
+    path = tmp_path / "x" / "D" / "code" / "seed3-0123456789abcdef.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(rec))
+    [read] = ex.load_records(tmp_path, "x")
+    assert read == {**rec, "profile": "full"}
+    assert json.loads(path.read_text())["profile"] == "paper"  # the file itself is untouched
+    # a plan made under the former name is the plan of the new one, records included
+    old = ex.plan(
+        "baselines", datasets=["Synthetic3d"], seeds=[0], profile="paper", results_dir=tmp_path
+    )
+    new = ex.plan(
+        "baselines", datasets=["Synthetic3d"], seeds=[0], profile="full", results_dir=tmp_path
+    )
+    assert old == new and old[0]["profile"] == "full"

@@ -9,8 +9,9 @@ import torch
 
 import cmmc.device as device
 from cmmc import CMMC, make_config
-from cmmc.config import LATER_FIELDS, Config
+from cmmc.config import Config
 from cmmc.device import adam, resolve_precision
+from cmmc.experiments.records import V1_LATER_FIELDS
 from cmmc.phases import stage_key
 from cmmc.train import Trainer
 
@@ -39,21 +40,21 @@ def test_adam_follows_the_algorithm(fused):
     np.testing.assert_allclose(p.detach().numpy(), adam_by_hand(w0, grads, 0.01), atol=2e-6)
 
 
-def test_fused_adam_is_left_out_of_old_keys():
-    # records made before the field existed keep their keys: to_dict omits it at its default
-    assert "fused_adam" not in Config().to_dict()
-    assert Config(fused_adam=True).to_dict()["fused_adam"] is True
-    assert set(LATER_FIELDS) <= set(Config().__dataclass_fields__)
-    # a stage key without the field equals one computed from the old field list by hand
+def test_keys_hash_only_the_fields_that_differ_from_their_defaults():
+    # a field added with a default keeps every key made before it: a stage key of the defaults
+    # hashes nothing of the Config, one with fused Adam hashes that field alone (by hand)
     import hashlib
 
-    fields = ("pretrain_epochs", "batch_size", "lr", "low_dim", "high_dim", "recon_form",
-              "precision", "eval_every")  # fmt: skip
+    def sha(payload):
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
     cfg = Config()
-    payload = {f: getattr(cfg, f) for f in fields}
-    by_hand = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-    assert stage_key(cfg, "pretrain") == by_hand
-    assert stage_key(cfg.replace(fused_adam=True), "pretrain") != by_hand
+    assert Config().to_dict()["fused_adam"] is False
+    assert stage_key(cfg, "pretrain") == sha({})
+    assert stage_key(cfg.replace(fused_adam=True), "pretrain") == sha({"fused_adam": True})
+    assert stage_key(cfg.replace(tau_f=0.1), "pretrain") == sha({})  # not a pre-training field
+    assert stage_key(cfg.replace(hidden=(8,)), "pretrain") == sha({"hidden": [8]})
+    assert set(V1_LATER_FIELDS) <= set(Config().__dataclass_fields__)
     with pytest.raises(ValueError, match="fused_adam"):
         Config(fused_adam="yes")
 

@@ -15,7 +15,7 @@ from cmmc.train import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = Config(pretrain_epochs=1, contrastive_epochs=1, finetune_epochs=1, batch_size=32,
-              kmeans_restarts=2, eval_every=0)  # fmt: skip
+              kmeans_restarts=2, eval_every=0, hidden=(64, 64, 128))  # fmt: skip
 
 
 @pytest.fixture(scope="module")

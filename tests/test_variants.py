@@ -10,7 +10,7 @@ import torch
 
 from cmmc import CMMC, make_config
 from cmmc.cli import main
-from cmmc.config import VARIANTS, Config
+from cmmc.config import PRESETS, VARIANTS, Config
 from cmmc.losses import TERMS
 from cmmc.train import Trainer
 
@@ -48,25 +48,31 @@ def test_entropy_weight_scales_the_term():
         assert got.item() == pytest.approx(w * expected, rel=1e-12)
 
 
-def test_variants_are_config_fields():
-    assert VARIANTS["faithful"] == {}
-    assert make_config(None, "paper", variant="faithful") == make_config(None, "paper")
-    robust = make_config("BDGP", "paper", variant="robust")
+def test_presets_are_config_fields():
+    assert PRESETS["faithful"] == {} and VARIANTS is PRESETS  # the former name
+    assert make_config(None, "full", preset="faithful") == make_config(None, "full")
+    robust = make_config("BDGP", "full", preset="robust")
     assert robust.contrastive_epochs == 10  # the profile's schedule stays
-    for field, value in VARIANTS["robust"].items():
+    for field, value in PRESETS["robust"].items():
         assert getattr(robust, field) == value
-    assert make_config(None, variant="robust", min_batches=2).min_batches == 2  # overrides last
-    with pytest.raises(ValueError, match="unknown variant 'sturdy'"):
-        make_config(None, variant="sturdy")
+    assert make_config(None, preset="robust", min_batches=2).min_batches == 2  # overrides last
+    assert make_config("BDGP", variant="robust") == robust  # the former keyword, still read
+    with pytest.raises(ValueError, match="unknown preset 'sturdy'"):
+        make_config(None, preset="sturdy")
+    with pytest.raises(ValueError, match="name two presets"):
+        make_config(None, preset="robust", variant="fast")
 
 
-def test_estimator_variant_then_keywords():
-    est = CMMC(3, variant="robust", min_batches=3)
+def test_estimator_preset_then_keywords():
+    est = CMMC(3, preset="robust", min_batches=3)
     cfg = est._resolved_config()
-    assert cfg.min_batches == 3 and cfg.fused_adam is VARIANTS["robust"]["fused_adam"]
+    assert cfg.min_batches == 3 and cfg.fused_adam is PRESETS["robust"]["fused_adam"]
+    assert CMMC(3, variant="robust", min_batches=3)._resolved_config() == cfg
     assert CMMC(3)._resolved_config() == Config()
-    with pytest.raises(ValueError, match="unknown variant"):
-        CMMC(3, variant="nope")._resolved_config()
+    with pytest.raises(ValueError, match="unknown preset"):
+        CMMC(3, preset="nope")._resolved_config()
+    with pytest.raises(ValueError, match="name two presets"):
+        CMMC(3, preset="robust", variant="select")._resolved_config()
 
 
 def test_experiments_name_their_precision(monkeypatch):
@@ -86,7 +92,7 @@ def test_cli_variant(tmp_path, capsys):
     args = ["train", "--data", str(tmp_path / "v.npz"), "--n-clusters", "3", "--variant", "robust"]
     assert main([*args, *tiny]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["config"]["min_batches"] == VARIANTS["robust"]["min_batches"]
+    assert out["config"]["min_batches"] == PRESETS["robust"]["min_batches"]
 
 
 def test_spectral_pseudo_labels_find_separated_groups():
@@ -103,7 +109,7 @@ def test_spectral_pseudo_labels_find_separated_groups():
     assert adjusted_rand_score(truth, labels[0]) == 1.0
     with pytest.raises(ValueError, match="pseudo_labels"):
         Config(pseudo_labels="dbscan")
-    assert "pseudo_labels" not in Config().to_dict()
+    assert Config().to_dict()["pseudo_labels"] == "kmeans"
 
 
 def test_records_rate_the_pseudo_labels_of_every_view():

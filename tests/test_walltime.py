@@ -12,7 +12,7 @@ from cmmc.experiments import walltime as grid
 
 
 def test_priority_order(tmp_path):
-    tasks = grid.ordered_tasks(grid.DEFAULT_EXPERIMENTS, "cuda", tmp_path, "paper")
+    tasks = grid.ordered_tasks(grid.DEFAULT_EXPERIMENTS, "cuda", tmp_path, "full")
     stage = []  # the sequence of (experiment, variant kind) blocks, in order
     for t in tasks:
         block = (t["experiment"], "paper" if t["variant"] == "paper" else "")
@@ -139,8 +139,8 @@ def test_batching_gain_borrows_from_comparable_sets_only():
 
 def test_a_run_recorded_on_another_device_is_done(tmp_path):
     r = tmp_path / "results"
-    main = grid.ordered_tasks(["main"], "cuda", r, "paper")
-    scal = grid.ordered_tasks(["scalability"], "cuda", r, "paper")
+    main = grid.ordered_tasks(["main"], "cuda", r, "full")
+    scal = grid.ordered_tasks(["scalability"], "cuda", r, "full")
     on_cpu, changed, scal_cpu, on_gpu = main[0], main[1], scal[0], main[2]
     # the same run on the CPU: a record with the CPU's key, in the CPU's file
     write(r / "cpu_a.json", key=run_key(dict(on_cpu, device="cpu")), device="cpu")
@@ -203,7 +203,7 @@ def test_take_uses_the_estimate_of_the_batch_size_it_starts():
 
 
 def test_scalability_runs_largest_first(tmp_path):
-    tasks = grid.ordered_tasks(["scalability"], "cuda", tmp_path, "paper")
+    tasks = grid.ordered_tasks(["scalability"], "cuda", tmp_path, "full")
     first = tasks[0]
     assert first["dataset"] == "synthetic" and first["data"]["n_samples"] == 100_000
     sizes = [grid.work(t) for t in tasks]

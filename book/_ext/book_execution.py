@@ -14,8 +14,8 @@ notebook book/<page>.ipynb (gitignored), which Jupyter Book renders (_config.yml
 A notebook is up to date when the fingerprint stored in its metadata (`cmmc_book`) equals the
 current one, made of
   source      sha256 of book/<page>.md
-  parameters  the parameters papermill injects: `profile`, `results_dir` and the profile's
-              parameters from book/profiles.toml, then overrides (paths inside the repository
+  parameters  the parameters papermill injects: `profile`, `results_dir` and the mode's
+              parameters from book/modes.toml, then overrides (paths inside the repository
               are written relative to it, so a moved clone stays up to date)
   library     sha256 of cmmc/**/*.py, cmmc/**/*.toml and book/*.py
   records     the committed files under results_dir (their git blob ids; empty when results_dir
@@ -25,8 +25,9 @@ A page without code cells depends on its source and the scheme only. An up-to-da
 not touched (not even its modification time), so Sphinx does not read it again either.
 
 Options (environment variables; scripts/build_book.py sets them from its command line):
-  CMMC_BOOK_PROFILE   profile of book/profiles.toml (default: records, the reader's)
-  CMMC_BOOK_PARAMS    JSON object: parameters for every executed page (override the profile's)
+  CMMC_BOOK_MODE      mode of book/modes.toml (default: records, the reader's; the former
+                      names CMMC_BOOK_PROFILE and mode "paper" are read as well)
+  CMMC_BOOK_PARAMS    JSON object: parameters for every executed page (override the mode's)
   CMMC_BOOK_ONLY      pages (separated by spaces) that may be executed; the others keep their
                       notebook, stale or not (converted without outputs if they have none)
   CMMC_BOOK_RERUN     1: execute the pages that may be executed even when up to date
@@ -51,8 +52,9 @@ from pathlib import Path
 BOOK = Path(__file__).resolve().parents[1]
 ROOT = BOOK.parent
 TOC = BOOK / "_toc.yml"
-PROFILES = BOOK / "profiles.toml"
-DEFAULT_PROFILE = "records"
+MODES = BOOK / "modes.toml"
+DEFAULT_MODE = "records"
+FORMER_MODES = {"paper": "full"}  # the former name of the full mode (before 2026-12-05)
 SCHEME = "1"
 METADATA_KEY = "cmmc_book"
 
@@ -71,7 +73,7 @@ Log = Callable[[str], None]
 class Settings:
     """What to execute; read from the CMMC_BOOK_* environment variables."""
 
-    profile: str = DEFAULT_PROFILE
+    mode: str = DEFAULT_MODE
     params: dict = field(default_factory=dict)
     only: tuple[str, ...] | None = None
     rerun: bool = False
@@ -87,7 +89,7 @@ class Settings:
             raise ValueError("CMMC_BOOK_PARAMS must be a JSON object")
         only = env.get("CMMC_BOOK_ONLY", "").split()
         return cls(
-            profile=env.get("CMMC_BOOK_PROFILE") or DEFAULT_PROFILE,
+            mode=env.get("CMMC_BOOK_MODE") or env.get("CMMC_BOOK_PROFILE") or DEFAULT_MODE,
             params=params,
             only=tuple(only) or None,
             rerun=env.get("CMMC_BOOK_RERUN", "0") not in ("", "0"),
@@ -98,7 +100,7 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The environment variables that :meth:`from_env` reads back into these settings."""
         return {
-            "CMMC_BOOK_PROFILE": self.profile,
+            "CMMC_BOOK_MODE": self.mode,
             "CMMC_BOOK_PARAMS": json.dumps(self.params),
             "CMMC_BOOK_ONLY": " ".join(self.only or ()),
             "CMMC_BOOK_RERUN": "1" if self.rerun else "0",
@@ -145,21 +147,23 @@ def toc_pages(toc_path: Path | None = None) -> list[str]:
     return list(dict.fromkeys(stems))
 
 
-def load_profile(name: str, path: Path | None = None) -> dict:
-    """One profile of book/profiles.toml (ValueError naming the known ones if absent)."""
-    path = PROFILES if path is None else path
-    profiles = tomllib.loads(path.read_text())
-    if name not in profiles:
-        raise ValueError(f"unknown profile {name!r}; {path.name} defines {sorted(profiles)}")
-    return profiles[name]
+def load_mode(name: str, path: Path | None = None) -> dict:
+    """One mode of book/modes.toml (ValueError naming the known ones if absent)."""
+    path = MODES if path is None else path
+    modes = tomllib.loads(path.read_text())
+    name = FORMER_MODES.get(name, name)
+    if name not in modes:
+        raise ValueError(f"unknown mode {name!r}; {path.name} defines {sorted(modes)}")
+    return modes[name]
 
 
-def page_parameters(profile_name: str, profile: dict, page: str, overrides: dict) -> dict:
-    """The parameters papermill injects into one page (results_dir absolute)."""
-    results_dir = (ROOT / profile.get("results_dir", "results")).resolve()
-    params = {"profile": profile_name, "results_dir": str(results_dir)}
-    params.update(profile.get("params", {}))
-    params.update(profile.get("pages", {}).get(page, {}))
+def page_parameters(mode_name: str, mode: dict, page: str, overrides: dict) -> dict:
+    """The parameters papermill injects into one page (results_dir absolute); a page's schedule
+    ``profile`` is the mode's name unless the mode's parameters say otherwise."""
+    results_dir = (ROOT / mode.get("results_dir", "results")).resolve()
+    params = {"profile": FORMER_MODES.get(mode_name, mode_name), "results_dir": str(results_dir)}
+    params.update(mode.get("params", {}))
+    params.update(mode.get("pages", {}).get(page, {}))
     params.update(overrides)
     return params
 
@@ -343,10 +347,10 @@ def prepare_pages(settings: Settings, log: Log = print, toc: Path | None = None)
         if unknown:
             raise PageExecutionError(f"pages not in the table of contents: {unknown}")
     try:
-        profile = load_profile(settings.profile)
+        mode = load_mode(settings.mode)
     except ValueError as exc:
         raise PageExecutionError(str(exc)) from exc
-    cell_timeout = profile.get("cell_timeout")
+    cell_timeout = mode.get("cell_timeout")
     library = library_digest()
     records: dict[str, str] = {}
 
@@ -357,7 +361,7 @@ def prepare_pages(settings: Settings, log: Log = print, toc: Path | None = None)
         md, nb_path = BOOK / f"{page}.md", BOOK / f"{page}.ipynb"
         source = md.read_bytes()
         code = has_code(read_source(md))
-        params = page_parameters(settings.profile, profile, page, settings.params)
+        params = page_parameters(settings.mode, mode, page, settings.params)
         if code and params["results_dir"] not in records:
             records[params["results_dir"]] = records_digest(Path(params["results_dir"]))
         fp = fingerprint(source, params, code, library, records.get(params["results_dir"], ""))
@@ -387,7 +391,7 @@ def prepare_pages(settings: Settings, log: Log = print, toc: Path | None = None)
             folder.mkdir(parents=True, exist_ok=True)
         log(
             f"executing {len(to_execute)} page(s) of {len(pages)} with papermill "
-            f"(profile {settings.profile!r}, {settings.jobs} job(s))"
+            f"(mode {settings.mode!r}, {settings.jobs} job(s))"
         )
         if "CMMC_DATA_DIR" in os.environ:
             log(f"data: CMMC_DATA_DIR={os.environ['CMMC_DATA_DIR']}")
@@ -424,7 +428,7 @@ def prepare_pages(settings: Settings, log: Log = print, toc: Path | None = None)
     converted = sum(o.status == "converted" for o in outcomes)
     kept = sum(o.status == "kept" for o in outcomes)
     log(
-        f"notebooks (profile {settings.profile!r}): {counts['executed']} executed, "
+        f"notebooks (mode {settings.mode!r}): {counts['executed']} executed, "
         f"{counts['up-to-date']} up to date, {converted} converted, {kept} kept stale, "
         f"{len(failed)} failed; {time.perf_counter() - start:.1f} s"
     )

@@ -4,7 +4,7 @@ numbers, verdicts.
 Only the book imports this module (it needs pandas and IPython: the ``book`` extra); the pages
 get their records from :func:`cmmc.experiments.ensure_records`::
 
-    records, info = experiments.ensure_records("main", RESULTS, profile, rerun, quick, paper)
+    records, info = experiments.ensure_records("main", RESULTS, profile, rerun, quick, full)
     df = report.records_frame(records)
     table = report.summary_table(df, by=["dataset", "variant"])
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +220,7 @@ def summarize(
 def fmt(x: float | None, digits: int = 3) -> str:
     """A number with ``digits`` decimals, "–" for a missing one.
 
-    Used by: book/reproducibility.md, :func:`summary_table`.
+    Used by: book/reproducibility.md, book/beyond.md, :func:`summary_table`.
     """
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
@@ -514,12 +514,12 @@ def dataset_info(name: str) -> dict[str, Any]:
 
 
 def is_full_schedule(df: pd.DataFrame) -> pd.Series:
-    """Rows run in the paper profile on the whole data set (the only runs that test a claim).
+    """Rows run in the full profile on the whole data set (the only runs that test a claim).
 
     Used by: book/exp_main.md, reproducibility.md.
     """
     full_n = df["dataset"].map(lambda d: dataset_info(d)["N"])
-    return (df["profile"] == "paper") & (df["n_samples"] == full_n)
+    return (df["profile"] == "full") & (df["n_samples"] == full_n)
 
 
 # --------------------------------------------------------------------------------------------
@@ -700,7 +700,9 @@ def _cpu_time_ratio(
     stand_ins: Sequence[Mapping[str, Any]],
     robust_stand_ins: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[float | None, str]:
-    """Mean robust seconds over mean faithful seconds, machine by machine (:func:`cpu_machine`),
+    """Median robust seconds over median faithful seconds, machine by machine
+    (:func:`cpu_machine`; the median, so that one run slowed by another process on a shared
+    machine does not decide),
     averaged over the machines weighted by their robust runs; and where the faithful seconds
     came from ("experiment/variant", joined by ", "; a robust stand-in's kind follows in
     parentheses). (None, "") when no machine has both. ``robust_stand_ins`` (robust runs made
@@ -718,8 +720,8 @@ def _cpu_time_ratio(
         if not ref and here:  # the first kind of stand-in that ran on this machine
             ref = [r for r in here if _kind(r) == _kind(here[0])]
         if ref:
-            seconds = np.mean([r["total_seconds"] for r in mine])
-            ratios.append(seconds / np.mean([r["total_seconds"] for r in ref]))
+            seconds = np.median([r["total_seconds"] for r in mine])
+            ratios.append(seconds / np.median([r["total_seconds"] for r in ref]))
             weights.append(len(mine))
             sources += ["/".join(map(str, _kind(r))) + mine_from for r in ref]
     if not ratios:
@@ -736,6 +738,7 @@ def robust_comparison(
     seeds_planned: int | Mapping[str, int] | None = None,
     faithful_time: Iterable[Mapping[str, Any]] = (),
     robust_time: Iterable[Mapping[str, Any]] = (),
+    name: str = "robust",
 ) -> pd.DataFrame:
     """Per data set of ``sets``: the faithful and robust mean ACC (paper schedule), the best
     simple baseline (whole set), the smallest share of the K clusters that a robust run used,
@@ -751,39 +754,41 @@ def robust_comparison(
     likewise used only on a machine where the ``robust`` records have no CPU run (never in ACC).
 
     Columns starting with ``_`` hold unrounded values (``_faithful``, ``_robust``, ``_base``).
+    ``name``: what the columns call the configuration of ``robust`` (e.g. "select"; its
+    unrounded column is then ``_select``).
 
     Used by: book/beyond.md, intro.md.
     """
-    faithful = [r for r in faithful if r.get("profile") == "paper"]
-    robust = [r for r in robust if r.get("profile") == "paper"]
-    timed = [r for r in faithful_time if r.get("profile") == "paper"]
-    timed_robust = [r for r in robust_time if r.get("profile") == "paper"]
+    faithful = [r for r in faithful if r.get("profile") == "full"]
+    robust = [r for r in robust if r.get("profile") == "full"]
+    timed = [r for r in faithful_time if r.get("profile") == "full"]
+    timed_robust = [r for r in robust_time if r.get("profile") == "full"]
 
     def acc(recs):
         df = records_frame(recs)
         return df.groupby("dataset").ACC.agg(["mean", "std", "count"]) if len(df) else None
 
     code, rob = acc(faithful), acc(robust)
-    bdf = baselines_frame([r for r in baselines if r.get("profile") == "paper"])
+    bdf = baselines_frame([r for r in baselines if r.get("profile") == "full"])
     best = best_baseline(bdf) if len(bdf) else pd.DataFrame(columns=["dataset", "n_samples"])
     best = best.sort_values("n_samples").groupby("dataset").tail(1).set_index("dataset")
     rows = []
     for ds in sets:
         k = int(get_spec(ds)["K"])
         row: dict[str, Any] = {"dataset": ds, "K": k}
-        for name, table in (("faithful", code), ("robust", rob)):
+        for col, table in (("faithful", code), (name, rob)):
             if table is not None and ds in table.index:
-                row[name] = fmt_mean_std(table.loc[ds, "mean"], table.loc[ds, "std"])
-                row[f"{name} seeds"] = str(int(table.loc[ds, "count"]))
-                row[f"_{name}"] = table.loc[ds, "mean"]
+                row[col] = fmt_mean_std(table.loc[ds, "mean"], table.loc[ds, "std"])
+                row[f"{col} seeds"] = str(int(table.loc[ds, "count"]))
+                row[f"_{col}"] = table.loc[ds, "mean"]
         if ds in best.index:
             row["best baseline"] = f"{best.loc[ds, 'ACC']:.3f} ({best.loc[ds, 'method']})"
             row["_base"] = best.loc[ds, "ACC"]
-        for name, recs in (("faithful", faithful), ("robust", robust)):
+        for col, recs in (("faithful", faithful), (name, robust)):
             shares = [r["clusters_used"] / r["n_clusters"] for r in recs
                       if r["dataset"] == ds and "clusters_used" in r]  # fmt: skip
             if shares:  # records made before clusters_used was recorded have none
-                row[f"{name}: min share of K used"] = round(min(shares), 2)
+                row[f"{col}: min share of K used"] = round(min(shares), 2)
         ratio, source = _cpu_time_ratio(
             [r for r in robust if r["dataset"] == ds],
             [r for r in faithful if r["dataset"] == ds],
@@ -791,22 +796,22 @@ def robust_comparison(
             [r for r in timed_robust if r["dataset"] == ds],
         )
         if ratio is not None:
-            row["time robust / faithful (CPU)"] = round(ratio, 2)
+            row[f"time {name} / faithful (CPU)"] = round(ratio, 2)
             row["faithful time from"] = source
         rows.append(row)
     out = pd.DataFrame(rows)
-    for col in ("_faithful", "_robust", "_base"):
+    for col in ("_faithful", f"_{name}", "_base"):
         if col not in out:
             out[col] = np.nan
 
     def verdict(r):
-        if np.isnan(r["_robust"]) or np.isnan(r["_faithful"]) or np.isnan(r["_base"]):
+        if np.isnan(r[f"_{name}"]) or np.isnan(r["_faithful"]) or np.isnan(r["_base"]):
             return "not yet measured"
-        verdict = "met" if r["_robust"] >= max(r["_base"], r["_faithful"]) - tol else "missed"
+        verdict = "met" if r[f"_{name}"] >= max(r["_base"], r["_faithful"]) - tol else "missed"
         planned = (
             seeds_planned.get(r["dataset"]) if isinstance(seeds_planned, Mapping) else seeds_planned
         )
-        if planned and int(r["robust seeds"]) < planned:
+        if planned and int(r[f"{name} seeds"]) < planned:
             return f"{verdict} so far"
         return verdict
 
@@ -848,31 +853,41 @@ def verdict_sentence(counts: Mapping[str, int], goal: int) -> str:
     )
 
 
-def target_table(cmp: pd.DataFrame, tol: float = 0.01, max_time: float = 2.0) -> pd.DataFrame:
-    """The four targets of the robust variant over the sets of a :func:`robust_comparison`
+def target_table(
+    cmp: pd.DataFrame,
+    tol: float = 0.01,
+    max_time: float = 2.0,
+    name: str = "robust",
+    provisional: bool = False,
+) -> pd.DataFrame:
+    """The four targets of the robust preset over the sets of a :func:`robust_comparison`
     table whose robust seeds are all recorded (final verdict): per target, the sets where it is
     met, those where it is missed, and those it cannot be judged on (no such records).
+    ``provisional``: judge the sets with part of their seeds too, on the seeds recorded so far
+    (verdicts "... so far"); a page must say so.
 
     1. ACC: robust >= max(best baseline, faithful) - ``tol`` (the table's verdict).
     2. Where the faithful form wins (faithful >= best baseline): robust >= faithful - ``tol``.
     3. Every robust run uses at least 90 % of the K clusters.
     4. Robust time at most ``max_time`` times the faithful run's on the same CPU.
+    ``name``: the configuration the table compares (its ``name`` in :func:`robust_comparison`).
 
     Used by: book/beyond.md.
     """
     verdict = cmp[[c for c in cmp.columns if c.startswith("target")][0]]
-    final = cmp[verdict.isin(["met", "missed"])]
-    share = final.get("robust: min share of K used", pd.Series(np.nan, index=final.index))
-    time = final.get("time robust / faithful (CPU)", pd.Series(np.nan, index=final.index))
+    judged = ["met", "missed"] + (["met so far", "missed so far"] if provisional else [])
+    final = cmp[verdict.isin(judged)]
+    share = final.get(f"{name}: min share of K used", pd.Series(np.nan, index=final.index))
+    time = final.get(f"time {name} / faithful (CPU)", pd.Series(np.nan, index=final.index))
     wins = final["_faithful"] >= final["_base"]
     names = final["dataset"]
     checks = {
         f"ACC ≥ max(best baseline, faithful) − {tol:g}": (
-            verdict[final.index] == "met",
+            verdict[final.index].str.startswith("met"),
             names.notna(),
         ),
         f"where the faithful form beats the baseline: ACC ≥ faithful − {tol:g}": (
-            final["_robust"] >= final["_faithful"] - tol,
+            final[f"_{name}"] >= final["_faithful"] - tol,
             wins,
         ),
         "every run uses ≥ 90 % of the K clusters": (share >= 0.9, share.notna()),
@@ -960,7 +975,7 @@ def fastpath_table(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """
     rows = []
     for r in records:
-        if r.get("variant") not in FAST_FORMS or r.get("profile") != "paper":
+        if r.get("variant") not in FAST_FORMS or r.get("profile") != "full":
             continue
         rows.append({"dataset": r["dataset"], "machine": cpu_kind(r),
                      "precision": FAST_FORMS[r["variant"]], "seed": r["seed"],
@@ -996,7 +1011,7 @@ def fastpath_acc_gap(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """
     acc: dict[tuple[str, str], dict[int, float]] = {}
     for r in records:
-        if r.get("variant") in FAST_FORMS and r.get("profile") == "paper":
+        if r.get("variant") in FAST_FORMS and r.get("profile") == "full":
             key = (r["dataset"], FAST_FORMS[r["variant"]])
             acc.setdefault(key, {})[int(r["seed"])] = r["metrics"]["ACC"]
     rows = []
@@ -1073,3 +1088,107 @@ def fastpath_targets(
                      "machine": f"seeds {g['seeds']}", "value": f"{g['_gap']:+.4f}",
                      "met": bool(abs(g["_gap"]) <= tol)})  # fmt: skip
     return pd.DataFrame(rows, columns=["target", "machine", "value", "met"])
+
+
+def _best_score(cands: list[dict[str, Any]], key: Callable[[dict[str, Any]], float]) -> str:
+    eligible = [c for c in cands if c["eligible"]] or cands
+    return max(eligible, key=key)["candidate"]
+
+
+def _keep_cmmc_unless(margin: float) -> Callable[[list[dict[str, Any]]], str]:
+    def rule(cands: list[dict[str, Any]]) -> str:
+        best = _best_score(cands, lambda c: c["score"])
+        score = {c["candidate"]: c["score"] for c in cands}
+        return best if score[best] > score["cmmc"] + margin else "cmmc"
+
+    return rule
+
+
+# Label-free rules over the candidates a select record scored (each sees the candidates without
+# their metrics): the preset's rule and others one could have chosen, compared on the same runs.
+SELECTION_RULES: dict[str, Callable[[list[dict[str, Any]]], str]] = {
+    "mean view modularity (the preset)": lambda cs: _best_score(cs, lambda c: c["score"]),
+    "CMMC's own labels": lambda cs: "cmmc",
+    "CMMC unless beaten by 0.01": _keep_cmmc_unless(0.01),
+    "CMMC unless beaten by 0.02": _keep_cmmc_unless(0.02),
+    "views and h": lambda cs: _best_score(
+        cs, lambda c: (sum(c["view_scores"]) + c["h_score"]) / (len(c["view_scores"]) + 1)
+    ),
+    "worst view": lambda cs: _best_score(cs, lambda c: min(c["view_scores"])),
+}
+
+
+def selection_rules(
+    records: Iterable[Mapping[str, Any]],
+    rules: Mapping[str, Callable[[list[dict[str, Any]]], str]] | None = None,
+) -> pd.DataFrame:
+    """Per data set of records with a ``selection``: the mean ACC of the candidate each
+    label-free rule of ``rules`` (default :data:`SELECTION_RULES`) picks in each run, and of
+    the best candidate by ACC (the oracle, which reads labels); a last row counts the sets where
+    a rule is within 0.01 of the oracle. A rule is given each run's candidates without their
+    metrics, so it cannot read labels.
+
+    Used by: book/beyond.md.
+    """
+    rules = SELECTION_RULES if rules is None else rules
+    rows = []
+    for r in records:
+        sel = r.get("selection")
+        if not sel:
+            continue
+        acc = {c["candidate"]: c["metrics"]["ACC"] for c in sel}
+        blind = [{k: v for k, v in c.items() if k not in ("metrics", "chosen")} for c in sel]
+        row = {"dataset": r["dataset"], **{name: acc[rule(blind)] for name, rule in rules.items()}}
+        rows.append({**row, "oracle": max(acc.values())})
+    columns = ["dataset", "seeds", *rules, "oracle"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    df = pd.DataFrame(rows)
+    out = df.groupby("dataset", sort=False).mean().round(3).reset_index()
+    out.insert(1, "seeds", df.groupby("dataset", sort=False).size().to_numpy())
+    near = {name: f"{int((out[name] >= out['oracle'] - 0.01).sum())} of {len(out)}"
+            for name in rules}  # fmt: skip
+    tally = pd.DataFrame([{"dataset": "within 0.01 of the oracle", "seeds": "", **near,
+                           "oracle": ""}])  # fmt: skip
+    return pd.concat([out, tally], ignore_index=True)[columns]
+
+
+def selection_summary(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Per data set of records with a ``selection`` (``Config.selection="graph"``): seeds, what
+    the label-free choice took (candidate x times, most often first), the mean ACC of the
+    choice, of CMMC's own labels (candidate "cmmc") and of the candidate that was best by ACC in
+    each run (an oracle: labels used, to show what the choice left on the table), how often the
+    choice was that best candidate (ties within 0.001 count), and the selection's mean seconds.
+
+    Used by: book/beyond.md.
+    """
+    rows = []
+    for r in records:
+        sel = r.get("selection")
+        if not sel:
+            continue
+        accs = {c["candidate"]: c["metrics"]["ACC"] for c in sel}
+        chosen = next(c["candidate"] for c in sel if c["chosen"])
+        rows.append({
+            "dataset": r["dataset"], "chosen": chosen, "ACC": accs[chosen],
+            "cmmc": accs.get("cmmc", np.nan), "best": max(accs.values()),
+            "hit": accs[chosen] >= max(accs.values()) - 1e-3,
+            "seconds": (r.get("phase_seconds") or {}).get("selection", np.nan),
+        })  # fmt: skip
+    if not rows:
+        return pd.DataFrame(columns=["dataset", "seeds", "chosen", "ACC", "CMMC's own ACC",
+                                     "best candidate ACC (oracle)", "choice = best",
+                                     "selection s"])  # fmt: skip
+    df = pd.DataFrame(rows)
+    out = []
+    for ds, g in df.groupby("dataset", sort=False):
+        counts = g.chosen.value_counts()
+        out.append({
+            "dataset": ds, "seeds": len(g),
+            "chosen": ", ".join(f"{c} ×{n}" for c, n in counts.items()),
+            "ACC": round(g.ACC.mean(), 3), "CMMC's own ACC": round(g.cmmc.mean(), 3),
+            "best candidate ACC (oracle)": round(g.best.mean(), 3),
+            "choice = best": f"{int(g.hit.sum())} of {len(g)}",
+            "selection s": round(g.seconds.mean(), 1),
+        })  # fmt: skip
+    return pd.DataFrame(out)

@@ -22,6 +22,7 @@ import torch
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from cmmc.config import profile_name
 from cmmc.data import Dataset
 from cmmc.device import use_deterministic_cuda
 from cmmc.estimator import resolve_device
@@ -33,6 +34,7 @@ from cmmc.experiments.records import (
     environment,
     git_state,
     load_records,
+    read_record,
     round_floats,
     write_json_atomic,
 )
@@ -78,7 +80,7 @@ def _assemble(
     started: str,
 ) -> dict[str, Any]:
     record = {
-        "record_version": RECORD_VERSION,
+        "record_version": task.get("record_version", RECORD_VERSION),  # verify: the record's
         **{k: task[k] for k in ("key", "experiment", "kind", "dataset", "variant", "seed")},
         **{k: task[k] for k in ("profile", "data", "config", "options")},
         "device": str(device),
@@ -96,7 +98,7 @@ def _assemble(
 
 
 def _stored(tasks: Iterable[Task]) -> list[dict[str, Any]]:
-    return [json.loads(Path(t["path"]).read_text()) for t in tasks if Path(t["path"]).exists()]
+    return [read_record(t["path"]) for t in tasks if Path(t["path"]).exists()]
 
 
 def run_name(task: Task) -> str:
@@ -109,7 +111,7 @@ def run_task(task: Task, threads: int | None = None) -> dict[str, Any]:
     one, without running, when it exists)."""
     path = Path(task["path"])
     if path.exists():
-        return json.loads(path.read_text())
+        return read_record(path)
     kind = kind_of(task)
     device, started, t0 = _start_run(task["device"], threads)
     ds = task_data(task)
@@ -306,7 +308,7 @@ def ensure_records(
     profile: str,
     rerun: bool = False,
     quick_kwargs: Mapping[str, Any] | None = None,
-    paper_kwargs: Mapping[str, Any] | None = None,
+    full_kwargs: Mapping[str, Any] | None = None,
     device: str = "cpu",
     workers: int = 1,
     compute_missing: bool | None = None,
@@ -315,11 +317,11 @@ def ensure_records(
     """Records of ``experiment`` under ``results_dir``, computed when needed.
 
     The plan is :func:`~cmmc.experiments.plan.plan` with ``quick_kwargs`` (datasets, seeds,
-    variants, n_samples, sizes) in the quick profile and ``paper_kwargs`` (default: everything
+    variants, n_samples, sizes) in the quick profile and ``full_kwargs`` (default: everything
     of ``experiments.toml``) otherwise. Computation happens when ``rerun`` is true (runs of the
     plan without a record are computed; a run whose record exists is the same computation and
     keeps its record) or when no record of the experiment exists and ``compute_missing``
-    (default: only in the quick profile). In the paper profile it never starts hours of
+    (default: only in the quick profile). In the full profile it never starts hours of
     computation on its own: it shows what exists and lists what is missing.
 
     Returns ``(records, info)``: the records of ``profile`` when there are any (else all records
@@ -328,8 +330,8 @@ def ensure_records(
     returned records), ``planned`` (runs in the plan), ``missing`` (dataset, variant and seed
     of each planned run without a record of ``profile``) and ``plan_profile``.
     """
-    results_dir = Path(results_dir)
-    kwargs = dict(quick_kwargs or {}) if profile == "quick" else dict(paper_kwargs or {})
+    results_dir, profile = Path(results_dir), profile_name(profile)
+    kwargs = dict(quick_kwargs or {}) if profile == "quick" else dict(full_kwargs or {})
     if compute_missing is None:
         compute_missing = profile == "quick"
     tasks = plan(experiment, profile=profile, device=device, results_dir=results_dir, **kwargs)

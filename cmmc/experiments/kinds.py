@@ -11,6 +11,7 @@ properties; no code path names a kind.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,6 +106,25 @@ def fit_cmmc(
     return models, trainer.loaded_stage is not None
 
 
+def pack_labels(labels: np.ndarray) -> str:
+    """Cluster labels (0..K-1, K <= 65536) as a short string for a record: "u1:" or "u2:" and
+    the base64 of their uint8 or uint16 little-endian bytes."""
+    lab = np.asarray(labels)
+    if lab.ndim != 1 or (lab.size and (lab.min() < 0 or lab.max() >= 65536)):
+        raise ValueError(f"pack_labels takes 1-d labels in 0..65535, got shape {lab.shape}")
+    wide = bool(lab.size) and lab.max() >= 256
+    raw = lab.astype("<u2" if wide else "u1").tobytes()
+    return ("u2:" if wide else "u1:") + base64.b64encode(raw).decode("ascii")
+
+
+def unpack_labels(text: str) -> np.ndarray:
+    """The int64 labels of a :func:`pack_labels` string."""
+    kind, _, body = text.partition(":")
+    if kind not in ("u1", "u2"):
+        raise ValueError(f"packed labels must start with 'u1:' or 'u2:', got {text[:8]!r}")
+    return np.frombuffer(base64.b64decode(body), "u1" if kind == "u1" else "<u2").astype(np.int64)
+
+
 # --------------------------------------------------------------------------------------------
 # Record bodies, one function per kind
 # --------------------------------------------------------------------------------------------
@@ -126,6 +146,12 @@ def fitted_body(task: Task, ds: Dataset, model: CMMC) -> dict[str, Any]:
         rec["multilevel"] = multilevel(
             model.embed(ds.views), ds.labels, ds.n_clusters, task["seed"]
         )
+    if getattr(model, "selection_", None) is not None:  # chosen without labels; scored here
+        rec["selection"] = [
+            {**row, "metrics": evaluate(ds.labels, lab), "labels": pack_labels(lab)}
+            for row in model.selection_.table()
+            for lab in [model.selection_.labels_of(row["candidate"])]
+        ]  # the labels let a later criterion be studied on these runs without training again
     rec["labels_sha256"] = hashlib.sha256(np.asarray(model.labels_, np.int64).tobytes()).hexdigest()
     return rec
 

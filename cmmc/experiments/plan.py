@@ -15,10 +15,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from cmmc.config import make_config
+from cmmc.config import make_config, profile_name
 from cmmc.data import get_spec
 from cmmc.experiments.kinds import pretrain_key
-from cmmc.experiments.records import RECORD_VERSION, record_path, run_key
+from cmmc.experiments.records import RECORD_VERSION, record_location
 
 Task = dict[str, Any]
 DATA_KEYS = ("views", "n_samples")  # variant keys that select data rather than configure
@@ -59,7 +59,7 @@ def plan(
     datasets: Iterable[str] | None = None,
     seeds: Iterable[int] | int | None = None,
     variants: Iterable[str] | None = None,
-    profile: str = "paper",
+    profile: str = "full",
     device: str = "cpu",
     results_dir: str | Path = "results",
     n_samples: int | None = None,
@@ -72,6 +72,7 @@ def plan(
     ``sizes`` replaces the experiment's ``sizes`` (scalability): one task per sample size, named
     ``<variant>-n<size>``. A set read from files is never asked for more samples than it has.
     """
+    profile = profile_name(profile)
     specs = experiment_specs()
     if experiment not in specs:
         raise ValueError(f"unknown experiment {experiment!r}; known: {sorted(specs)}")
@@ -103,7 +104,7 @@ def plan(
             overrides.update(spec.get("schedule", {}))
             if "eval_every" in spec and "eval_every" not in overrides:
                 overrides["eval_every"] = spec["eval_every"]
-            config = make_config(dataset, profile, **overrides)
+            config = make_config(dataset, profile, **overrides)  # (a former name is read)
             if config.precision == "auto":
                 raise ValueError(
                     f"{experiment}/{vname}: an experiment names its precision (fp32 or bf16), "
@@ -121,8 +122,8 @@ def plan(
                 "config": config.to_dict(),
                 "options": {k: spec[k] for k in OPTION_KEYS if k in spec},
             }
-            task["key"] = run_key(task)
-            task["path"] = str(record_path(results_dir, task))
+            key, path = record_location(results_dir, task)
+            task["key"], task["path"] = key, str(path)
             task["results"] = str(results_dir)
             tasks.append(task)
     mark_shared_pretraining(tasks)

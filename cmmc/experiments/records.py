@@ -1,6 +1,6 @@
 """Run records: key, path, JSON text, provenance, loading.
 
-A record is keyed by a hash of everything that determines its run (dataset, data options, full
+A record is keyed by a hash of everything that determines its run (dataset, data options,
 configuration, seed, device type, kind options), lives at
 ``<results>/<experiment>/<dataset>/<variant>/seed<k>-<key>.json`` and is written atomically
 (temp file + rename): a killed grid resumes where it stopped, and a changed configuration never
@@ -29,9 +29,23 @@ import sklearn
 import torch
 
 import cmmc
+from cmmc.config import FORMER_PROFILES, changed_fields, plain
 from cmmc.experiments.kinds import KINDS, kind_of
 
-RECORD_VERSION = 1
+# Version 2 keys hash the Config fields that differ from their defaults (cmmc.config.
+# changed_fields): a new field needs nothing here. Version 1 (the records made up to 2026-12-04)
+# hashed every field but those of V1_LATER_FIELDS left at their defaults; its records keep their
+# files and keys, and a plan finds them by their version-1 key (record_location). Changing an
+# existing default is what takes a version 3.
+RECORD_VERSION = 2
+V1_LATER_FIELDS: dict[str, Any] = {
+    "fused_adam": False,
+    "min_batches": 0,
+    "entropy_weight": 1.0,
+    "pseudo_labels": "kmeans",
+    "selection": "none",
+    "hidden": [500, 500, 2000],
+}
 # Identity of one run, whatever its key: a later record of the same identity replaces an earlier
 # one. The device belongs to it only for kinds that measure their device (scalability);
 # elsewhere the same run recorded on the CPU and on a GPU is one run, counted once.
@@ -39,15 +53,26 @@ IDENTITY = ("experiment", "dataset", "variant", "seed", "profile", "n_samples")
 _PACKAGE_ROOT = Path(cmmc.__file__).resolve().parent.parent  # the folder holding cmmc/
 
 
-def run_key(task: Mapping[str, Any]) -> str:
-    """Hash of everything that determines a run's outcome (16 hex digits)."""
+def _key_config(config: Mapping[str, Any], version: int) -> dict[str, Any]:
+    """The part of a configuration that a key of ``version`` hashes."""
+    if version == 1:
+        return {k: v for k, v in config.items()
+                if k not in V1_LATER_FIELDS or plain(v) != V1_LATER_FIELDS[k]}  # fmt: skip
+    if version == 2:
+        return changed_fields(dict(config))
+    raise ValueError(f"unknown record version {version!r}; known: 1, {RECORD_VERSION}")
+
+
+def run_key(task: Mapping[str, Any], version: int = RECORD_VERSION) -> str:
+    """Hash of everything that determines a run's outcome (16 hex digits), by the rule of
+    record ``version`` (a record made under version 1 rebuilds to its key with ``version=1``)."""
     device_type = "cpu" if task["device"] == "cpu" else "accelerator:" + task["device"]
     payload = {
-        "v": RECORD_VERSION,
+        "v": version,
         "kind": task["kind"],
         "dataset": task["dataset"],
         "data": task["data"],
-        "config": task["config"] if kind_of(task).uses_config else {},
+        "config": _key_config(task["config"], version) if kind_of(task).uses_config else {},
         "seed": task["seed"],
         "device": device_type,
         "options": task["options"],
@@ -68,6 +93,19 @@ def record_path(results_dir: str | Path, task: Mapping[str, Any]) -> Path:
     )
 
 
+def record_location(results_dir: str | Path, task: Mapping[str, Any]) -> tuple[str, Path]:
+    """(key, path) of a planned run: where its version-1 record lies, when one was made and
+    no newer one; else the current version's key and path (where it is or will be written)."""
+    key = run_key(task)
+    path = record_path(results_dir, {**task, "key": key})
+    if not path.exists():
+        old = run_key(task, version=1)
+        old_path = record_path(results_dir, {**task, "key": old})
+        if old_path.exists():
+            return old, old_path
+    return key, path
+
+
 def rebuild_tasks(rec: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The tasks of a record, rebuilt from the record alone: one per member of its batch (the
     record's own run alone when it was not trained in a batch), each with its key recomputed
@@ -85,7 +123,8 @@ def rebuild_tasks(rec: Mapping[str, Any]) -> list[dict[str, Any]]:
         task = {k: rec[k] for k in ("experiment", "kind", "dataset", "variant", "profile")}
         task.update(data=rec["data"], config=config, options=rec.get("options", {}))
         task.update(seed=m["seed"], device=rec["device"], cache_pretrain=False)
-        task.update(key=run_key(task), recorded_key=m["key"])
+        version = rec.get("record_version", 1)
+        task.update(key=run_key(task, version), recorded_key=m["key"], record_version=version)
         tasks.append(task)
     return tasks
 
@@ -142,12 +181,21 @@ def round_floats(x: Any) -> Any:
     return x
 
 
+def read_record(path: str | Path) -> dict[str, Any]:
+    """One record file, its profile under its current name (a record made before 2026-12-05
+    says "paper" for the full schedule: :data:`cmmc.config.FORMER_PROFILES`)."""
+    rec = json.loads(Path(path).read_text())
+    if rec.get("profile") in FORMER_PROFILES:
+        rec["profile"] = FORMER_PROFILES[rec["profile"]]
+    return rec
+
+
 def load_records(results_dir: str | Path, experiment: str | None = None) -> list[dict[str, Any]]:
     """Every record under ``results_dir`` (optionally one experiment's), in path order."""
     root = Path(results_dir) / experiment if experiment else Path(results_dir)
     if not root.exists():
         return []
-    return [json.loads(p.read_text()) for p in sorted(root.rglob("seed*-*.json"))]
+    return [read_record(p) for p in sorted(root.rglob("seed*-*.json"))]
 
 
 def identity(rec: Mapping[str, Any]) -> tuple[str, ...]:
@@ -249,7 +297,7 @@ def load_corrected(
     errata = load_errata(errata_file, errata_file.resolve().parent.parent)
     root = results_dir / experiment if experiment else results_dir
     paths = sorted(root.rglob("seed*-*.json")) if root.exists() else []
-    return [(p, corrected(json.loads(p.read_text()), p, errata)) for p in paths]
+    return [(p, corrected(read_record(p), p, errata)) for p in paths]
 
 
 @functools.cache

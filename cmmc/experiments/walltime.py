@@ -33,7 +33,7 @@ from cmmc.data import get_spec
 from cmmc.experiments.engines import run_batch, worker_init
 from cmmc.experiments.kinds import Task, kind_of
 from cmmc.experiments.plan import plan
-from cmmc.experiments.records import load_records, run_key
+from cmmc.experiments.records import RECORD_VERSION, load_records, run_key
 
 # Priority: the main table's code default first, its paper forms just before the temperature grid.
 DEFAULT_EXPERIMENTS = ["main", "convergence", "tsne", "views", "ablation", "temperature"]
@@ -75,7 +75,7 @@ def without_records(tasks: list[Task], results: Path) -> list[Task]:
         if Path(t["path"]).exists():
             continue
         if not kind_of(t).device_in_identity and any(
-            run_key(dict(t, device=d)) in keys for d in devices
+            run_key(dict(t, device=d), v) in keys for d in devices for v in (1, RECORD_VERSION)
         ):
             continue
         todo.append(t)

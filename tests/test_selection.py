@@ -1,0 +1,168 @@
+"""The label-free selection (cmmc.selection): graph, modularity and choice against brute force,
+and proof that no label is read."""
+
+import numpy as np
+import pytest
+
+from cmmc.config import Config, make_config
+from cmmc.estimator import CMMC
+from cmmc.selection import knn_graph, modularity, select, select_for, view_graphs
+from cmmc.synthetic import make_multiview_blobs
+from cmmc.train import Trainer
+
+
+def naive_modularity(a: np.ndarray, labels: np.ndarray) -> float:
+    """Newman's Q by its definition: (1/2m) sum_ij [A_ij - k_i k_j / 2m] delta(c_i, c_j)."""
+    k = a.sum(1)
+    two_m = k.sum()
+    q = 0.0
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if labels[i] == labels[j]:
+                q += a[i, j] - k[i] * k[j] / two_m
+    return q / two_m
+
+
+def test_knn_graph_matches_brute_force_neighbours():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 4))
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)
+    np.fill_diagonal(d, np.inf)
+    want = np.zeros((30, 30))
+    for i in range(30):
+        for j in np.argsort(d[i])[:5]:
+            want[i, j] = want[j, i] = 1
+    np.testing.assert_array_equal(knn_graph(x, 5).toarray(), want)
+
+
+def test_modularity_matches_its_definition_and_known_values():
+    rng = np.random.default_rng(1)
+    a = (rng.random((25, 25)) < 0.2).astype(float)
+    a = np.triu(a, 1)
+    a = a + a.T
+    import scipy.sparse as sp
+
+    for labels in (rng.integers(0, 3, 25), np.zeros(25, int), np.arange(25)):
+        assert modularity(sp.csr_matrix(a), labels) == pytest.approx(naive_modularity(a, labels))
+    # two disjoint triangles split along their components: Q = 1 - 2 (1/2)^2 = 0.5
+    tri = np.ones((3, 3)) - np.eye(3)
+    two = np.block([[tri, np.zeros((3, 3))], [np.zeros((3, 3)), tri]])
+    assert modularity(sp.csr_matrix(two), np.array([0, 0, 0, 1, 1, 1])) == pytest.approx(0.5)
+
+
+def test_select_takes_the_best_eligible_candidate_by_brute_force():
+    views, y = make_multiview_blobs(n_samples=120, n_clusters=4, seed=2)
+    rng = np.random.default_rng(3)
+    cands = {
+        "truth": y,
+        "noise": rng.integers(0, 4, 120),
+        "three_clusters": np.minimum(y, 2),  # 3 of 4 clusters: below 90 % of K
+    }
+    sel = select(views, cands, 4)
+    graphs = view_graphs(views)
+    scores = {
+        c: np.mean([naive_modularity(g.toarray(), lab) for g in graphs]) for c, lab in cands.items()
+    }
+    eligible = [c for c in cands if len(np.unique(cands[c])) >= 0.9 * 4]
+    assert sel.chosen == max(eligible, key=scores.get)
+    assert sel.eligible == {"truth": True, "noise": True, "three_clusters": False}
+    for c in cands:
+        assert sel.scores[c] == pytest.approx(scores[c])
+        want = [naive_modularity(g.toarray(), cands[c]) for g in graphs]
+        assert sel.view_scores[c] == pytest.approx(want)
+    np.testing.assert_array_equal(sel.labels, cands[sel.chosen])
+    # a candidate of higher score but too few clusters is passed over
+    only = select(views, {"three_clusters": cands["three_clusters"], "noise": cands["noise"]}, 4)
+    assert only.chosen == "noise"
+    with pytest.raises(ValueError, match="candidate 'short'"):
+        select(views, {"short": y[:10]}, 4)
+
+
+class Unreadable:
+    """Stands in for the labels: any use of it fails the test."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the selection read the labels ({name})")
+
+    def __array__(self, *a, **k):
+        raise AssertionError("the selection read the labels (as an array)")
+
+    def __len__(self):
+        raise AssertionError("the selection read the labels (len)")
+
+
+def test_the_selection_reads_no_labels(one_thread):
+    views, y = make_multiview_blobs(n_samples=90, n_clusters=3, seed=4)
+    cfg = make_config(
+        profile="quick", preset="select", precision="fp32", eval_every=0, hidden=(32, 32, 64)
+    )
+    trainer = Trainer.for_data(views, y, 3, cfg, 0, progress=False).fit()
+    own = trainer.read_out()
+    trainer.y = Unreadable()
+    sel, _ = select_for(trainer, 0, own)
+    # with other labels given to fit, the same choice and labels
+    a = CMMC(3, config=cfg, progress=False).fit(views, y)
+    b = CMMC(3, config=cfg, progress=False).fit(views, np.random.default_rng(0).permutation(y))
+    c = CMMC(3, config=cfg, progress=False).fit(views)
+    assert a.selection_.chosen == b.selection_.chosen == c.selection_.chosen == sel.chosen
+    np.testing.assert_array_equal(a.labels_, b.labels_)
+    np.testing.assert_array_equal(a.labels_, c.labels_)
+    np.testing.assert_array_equal(a.labels_, sel.labels)
+    assert set(a.selection_.scores) == {
+        "cmmc",
+        "spectral_concat",
+        "coreg_spectral",
+        "kmeans_concat",
+    }
+    assert "selection" in a.phase_seconds_
+    assert set(a.selection_.h_scores) == set(a.selection_.scores)
+
+
+def test_predict_refuses_when_a_baseline_was_chosen():
+    views, y = make_multiview_blobs(n_samples=90, n_clusters=3, seed=4)
+    model = CMMC(
+        3,
+        config=make_config(profile="quick", preset="select", eval_every=0, hidden=(32,)),
+        progress=False,
+    )
+    model.fit(views)
+    if model.selection_.chosen == "cmmc":
+        assert model.predict(views).shape == (90,)
+    else:
+        with pytest.raises(ValueError, match="cannot label new samples"):
+            model.predict(views)
+    assert Config().selection == "none"
+
+
+def test_records_keep_every_candidates_labels_packed():
+    """pack_labels/unpack_labels round-trip against the labels themselves (one and two bytes per
+    label), and a record's selection rows decode to the candidates' own labels."""
+    import base64
+    from types import SimpleNamespace
+
+    from cmmc.experiments.kinds import fitted_body, pack_labels, unpack_labels
+
+    rng = np.random.default_rng(0)
+    for k in (1, 7, 256, 300, 65536):
+        lab = rng.integers(0, k, 1000)
+        text = pack_labels(lab)
+        assert text[:3] == ("u2:" if lab.max() >= 256 else "u1:")
+        width = 2 if lab.max() >= 256 else 1
+        assert len(base64.b64decode(text[3:])) == width * lab.size
+        np.testing.assert_array_equal(unpack_labels(text), lab)
+    with pytest.raises(ValueError, match="0..65535"):
+        pack_labels(np.array([0, -1]))
+    with pytest.raises(ValueError, match="'u1:'"):
+        unpack_labels("x3:AAAA")
+
+    y = np.repeat(np.arange(3), 5)
+    cands = {"cmmc": y, "kmeans_concat": np.zeros_like(y)}
+    sel = select([y[:, None].astype(float)], cands, 3)
+    model = SimpleNamespace(
+        labels_=sel.labels, history_=[], phase_seconds_={}, pseudo_labels_=None, selection_=sel
+    )
+    ds = SimpleNamespace(labels=y, n_clusters=3, views=None)
+    rows = fitted_body({"options": {}, "seed": 0}, ds, model)["selection"]
+    assert [r["candidate"] for r in rows] == ["cmmc", "kmeans_concat"]
+    for r in rows:
+        np.testing.assert_array_equal(unpack_labels(r["labels"]), cands[r["candidate"]])
