@@ -58,14 +58,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "faithful": {},
     "fast": {"precision": "auto", "fused_adam": True},
     "robust": {"precision": "auto", "fused_adam": True, "min_batches": 8, "finetune_form": "ce"},
-    "select": {
-        "precision": "auto",
-        "fused_adam": True,
-        "min_batches": 8,
-        "finetune_form": "ce",
-        "selection": "graph",
-    },
 }
+PRESETS["select"] = {**PRESETS["robust"], "selection": "graph"}  # robust, then the choice
 
 
 class ConfigTypeError(TypeError, ValueError):
