@@ -45,7 +45,7 @@ class CMMC(ClusterMixin, BaseEstimator):
 
     After ``fit``: ``labels_``, ``history_`` (one dict per epoch), ``phase_seconds_``,
     ``pseudo_labels_``, ``network_``, ``config_``, ``device_``, ``dims_``; with
-    ``selection="graph"`` also ``selection_`` (:class:`~cmmc.selection.Selection`: the chosen
+    a ``selection`` other than ``"none"`` also ``selection_`` (:class:`~cmmc.selection.Selection`: the chosen
     candidate and every candidate's score) and ``cmmc_labels_`` (CMMC's own). To train several seeds
     or temperatures at once, or to stop and resume between phases, drive a
     :class:`~cmmc.train.Trainer` and read each member with :meth:`from_trainer`.

@@ -2,10 +2,16 @@
 
 CMMC wins on some data (deep features help: digits, BDGP, Fashion) and loses to a spectral
 baseline on other data (few samples, many clusters, hand-made features). Which one wins can be
-told without labels: a good partition keeps each sample with its nearest neighbours *in every
-view*. The score of a candidate partition is its modularity (Newman 2006) on each view's kNN
-graph, averaged over the views; the candidate with the highest score is chosen among those that
-use at least ``min_share`` of the K clusters.
+told without labels: a good partition keeps each sample with its nearest neighbours. The score
+of a candidate partition is its modularity (Newman 2006) on kNN graphs of the data; the candidate
+with the highest score is chosen among those that use at least ``min_share`` of the K clusters.
+Two criteria (``Config.selection``), each a way to build the graphs:
+
+- ``"graph"``: one graph per standardised view (Euclidean), the scores averaged over the views;
+- ``"joint"``: one graph of all views at once, each view's rows scaled to unit length and the
+  views concatenated (cosine neighbours, every view weighing the same). Standardising sparse
+  count data (text) blows up rare words, and averaging over views lets a weak view outvote the
+  others; the joint graph does neither.
 
 Nothing here reads labels: :func:`select` takes views and candidate partitions only.
 """
@@ -29,7 +35,9 @@ from cmmc.scaling import standardize
 __all__ = [
     "BASELINE_CANDIDATES",
     "Selection",
+    "CRITERIA",
     "candidate_partitions",
+    "joint_graph",
     "knn_graph",
     "modularity",
     "select",
@@ -66,6 +74,21 @@ def view_graphs(views: Sequence[np.ndarray], n_neighbors: int = N_NEIGHBORS) -> 
     return [knn_graph(standardize(v), n_neighbors) for v in validate_views(views)]
 
 
+def joint_graph(views: Sequence[np.ndarray], n_neighbors: int = N_NEIGHBORS) -> sp.csr_matrix:
+    """:func:`knn_graph` of the views side by side, each row of each view scaled to unit length
+    (an all-zero row stays zero): the squared distance is a sum of one cosine distance per view."""
+    vs = validate_views(views)
+    unit = [v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12) for v in vs]
+    return knn_graph(np.concatenate(unit, axis=1), n_neighbors)
+
+
+#: How each criterion builds its graphs from the views (a candidate's score: mean modularity).
+CRITERIA: dict[str, Callable[[Sequence[np.ndarray]], list[sp.csr_matrix]]] = {
+    "graph": view_graphs,
+    "joint": lambda views: [joint_graph(views)],
+}
+
+
 def modularity(graph: sp.spmatrix, labels: np.ndarray) -> float:
     """Newman's modularity of the partition ``labels`` on an undirected graph: the share of edge
     weight inside clusters minus the share expected if edges were drawn at random with the same
@@ -85,10 +108,13 @@ def modularity(graph: sp.spmatrix, labels: np.ndarray) -> float:
 @dataclass(frozen=True)
 class Selection:
     """What a selection chose: ``chosen`` (a candidate's name), its ``labels``, and per candidate
-    its ``scores`` (mean modularity over the views' graphs), ``clusters_used`` and whether it was
-    ``eligible`` (used at least ``min_share`` of K); ``candidates``: every candidate's labels;
-    ``view_scores``: the modularity on each view's graph; ``h_scores``: on the kNN graph of
-    CMMC's h (a diagnostic: it favours CMMC's own labels, so it takes no part in the choice)."""
+    its ``scores`` (mean modularity over the criterion's graphs), ``clusters_used`` and whether it
+    was ``eligible`` (used at least ``min_share`` of K); ``candidates``: every candidate's labels;
+    ``view_scores``: the modularity on each of the criterion's graphs (one per view for
+    ``"graph"``, one for ``"joint"``); ``h_scores``: on the kNN graph of CMMC's h (a diagnostic:
+    it favours CMMC's own labels, so it takes no part in the choice); ``other_scores``: each
+    candidate's score under the criteria not used (diagnostics, for comparing criteria on the
+    same runs)."""
 
     chosen: str
     labels: np.ndarray
@@ -98,6 +124,7 @@ class Selection:
     candidates: dict[str, np.ndarray]
     view_scores: dict[str, list[float]]
     h_scores: dict[str, float] | None = None  # on CMMC's own h graph: reported, never used
+    other_scores: dict[str, dict[str, float]] | None = None  # criterion -> candidate -> score
 
     def labels_of(self, candidate: str) -> np.ndarray:
         """One candidate's labels."""
@@ -109,6 +136,7 @@ class Selection:
             {"candidate": c, "score": round(self.scores[c], 6),
              "view_scores": [round(v, 6) for v in self.view_scores[c]],
              **({"h_score": round(self.h_scores[c], 6)} if self.h_scores else {}),
+             **{f"{k}_score": round(v[c], 6) for k, v in (self.other_scores or {}).items()},
              "clusters_used": self.clusters_used[c], "eligible": self.eligible[c],
              "chosen": c == self.chosen}
             for c in self.scores
@@ -133,9 +161,10 @@ def select(
     min_share: float = MIN_SHARE,
     graphs: list[sp.spmatrix] | None = None,
 ) -> Selection:
-    """The candidate partition with the highest mean modularity over the views' kNN graphs,
-    among those using at least ``min_share`` of the ``n_clusters`` clusters (all of them, if
-    none does). Ties go to the candidate listed first. Reads no labels."""
+    """The candidate partition with the highest mean modularity over ``graphs`` (default: the
+    views' kNN graphs, criterion ``"graph"``), among those using at least ``min_share`` of the
+    ``n_clusters`` clusters (all of them, if none does). Ties go to the candidate listed first.
+    Reads no labels."""
     if not candidates:
         raise ValueError("select needs at least one candidate partition")
     graphs = view_graphs(views) if graphs is None else graphs
@@ -156,10 +185,11 @@ def select(
 
 
 def select_for(trainer: Any, member: int, own: np.ndarray) -> tuple[Selection, float]:
-    """The ``"graph"`` selection for one member of a fitted :class:`~cmmc.train.Trainer`: its
-    labels ``own`` ("cmmc") against the baselines seeded with the member's seed, on the training
-    views (never ``trainer.y``). Returns the selection and its seconds. The views' graphs and
-    every member's h are computed once per trained state (the members share the views). The
+    """The selection (criterion ``selection`` of the member's config) for one member of a fitted
+    :class:`~cmmc.train.Trainer`: its labels ``own`` ("cmmc") against the baselines seeded with
+    the member's seed, on the training views (never ``trainer.y``); the other criteria's scores
+    ride along as diagnostics. Returns the selection and its seconds. Every criterion's graphs
+    and every member's h are computed once per trained state (the members share the views). The
     baselines run on one OpenMP and BLAS thread, so that a seed's labels do not depend on how
     many threads the machine gave it (as the pseudo labels')."""
     t0 = time.perf_counter()
@@ -167,14 +197,20 @@ def select_for(trainer: Any, member: int, own: np.ndarray) -> tuple[Selection, f
     cache = trainer.__dict__.setdefault("_selection_cache", {})
     state = (tuple(trainer.phases_done), trainer.epoch)
     if cache.get("state") != state:
-        cache["state"], cache["graphs"] = state, view_graphs(views)
+        cache["state"], cache["graphs"] = state, {c: fn(views) for c, fn in CRITERIA.items()}
         cache["h"] = [v.float().cpu().numpy() for v in trainer.embed()["h"]]  # (M x) N x d
     seed = trainer.seeds[member]
     with threadpool_limits(1):  # BLAS too: ARPACK's sums alike
         cands = candidate_partitions(views, trainer.k, seed, {"cmmc": own})
-    chosen = select(views, cands, trainer.k, graphs=cache["graphs"])
+    criterion = trainer.configs[member].selection
+    chosen = select(views, cands, trainer.k, graphs=cache["graphs"][criterion])
+    other = {c: select(views, cands, trainer.k, graphs=g).scores
+             for c, g in cache["graphs"].items() if c != criterion}  # fmt: skip
     h_graph = knn_graph(
         np.concatenate([v[member] if trainer.stacked else v for v in cache["h"]], 1)
     )
     h_scores = {c: modularity(h_graph, lab) for c, lab in cands.items()}
-    return dataclasses.replace(chosen, h_scores=h_scores), time.perf_counter() - t0
+    return (
+        dataclasses.replace(chosen, h_scores=h_scores, other_scores=other),
+        time.perf_counter() - t0,
+    )

@@ -473,15 +473,17 @@ def test_selection_summary_counts_choices_and_the_oracle_by_hand():
 
 
 def test_selection_rules_pick_by_their_scores_by_hand_and_never_see_metrics():
-    def cand(name, views, h, acc, eligible=True):
+    def cand(name, views, h, acc, eligible=True, joint=None):
         return {"candidate": name, "score": sum(views) / len(views), "view_scores": views,
-                "h_score": h, "eligible": eligible, "chosen": False, "metrics": {"ACC": acc}}  # fmt: skip
+                "h_score": h, "eligible": eligible, "chosen": False, "metrics": {"ACC": acc},
+                **({} if joint is None else {"joint_score": joint})}  # fmt: skip
 
     # run 1: spectral's mean view score (0.50) beats CMMC's (0.485) by 0.015; CMMC wins on h
     # run 2: k-means has the best mean (0.70) but is not eligible (empty clusters): spectral next
     runs = [
-        [cand("cmmc", [0.47, 0.50], 0.9, 0.95), cand("spectral_concat", [0.48, 0.52], 0.6, 0.80),
-         cand("kmeans_concat", [0.30, 0.40], 0.5, 0.70)],
+        [cand("cmmc", [0.47, 0.50], 0.9, 0.95, joint=0.6),
+         cand("spectral_concat", [0.48, 0.52], 0.6, 0.80, joint=0.5),
+         cand("kmeans_concat", [0.30, 0.40], 0.5, 0.70, joint=0.55)],
         [cand("cmmc", [0.40, 0.40], 0.8, 0.60), cand("spectral_concat", [0.45, 0.47], 0.5, 0.90),
          cand("kmeans_concat", [0.70, 0.70], 0.7, 0.99, eligible=False)],
     ]  # fmt: skip
@@ -492,8 +494,10 @@ def test_selection_rules_pick_by_their_scores_by_hand_and_never_see_metrics():
     # picks: preset spectral, spectral; keep-CMMC-unless-0.01: spectral (0.015 > 0.01), spectral
     # (0.06); unless-0.02: cmmc, spectral; views and h: (0.47+0.5+0.9)/3 = 0.623 against
     # (0.48+0.52+0.6)/3 = 0.533 -> cmmc, then (0.4+0.4+0.8)/3 = 0.533 against 0.473 -> cmmc;
-    # worst view: spectral (0.48 > 0.47), spectral (0.45 > 0.40); oracle 0.95, 0.99
+    # worst view: spectral (0.48 > 0.47), spectral (0.45 > 0.40); oracle 0.95, 0.99; joint
+    # graph: cmmc in run 1, nothing to judge run 2 by (no joint scores)
     expected = {
+        "joint graph": 0.95,
         "mean view modularity (the preset)": (0.80 + 0.90) / 2,
         "CMMC's own labels": (0.95 + 0.60) / 2,
         "CMMC unless beaten by 0.01": (0.80 + 0.90) / 2,
@@ -504,12 +508,46 @@ def test_selection_rules_pick_by_their_scores_by_hand_and_never_see_metrics():
     }
     for name, value in expected.items():
         assert row[name] == pytest.approx(value, abs=5e-4), name
-    # within 0.01 of the oracle (0.97): none of the rules (best 0.925)
+    # within 0.01 of the oracle (0.97): none of the rules (best 0.95)
     tally = out.loc["within 0.01 of the oracle"]
     assert all(tally[name] == "0 of 1" for name in report.SELECTION_RULES)
+    assert row["oracle"] == pytest.approx(0.97)  # over both runs, though joint judged run 1 only
 
     def peeks(cands):
         return max(cands, key=lambda c: c["metrics"]["ACC"])["candidate"]
 
     with pytest.raises(KeyError, match="metrics"):
         report.selection_rules(recs, {"reads labels": peeks})
+
+
+def test_add_criterion_scores_recomputes_the_joint_score_from_packed_labels():
+    from cmmc.experiments.kinds import pack_labels
+    from cmmc.synthetic import make_multiview_blobs
+
+    views, y = make_multiview_blobs(n_samples=60, n_clusters=3, seed=1)
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 3, 60)
+    # the joint graph by brute force: 10 nearest rows by summed cosine distance over the views
+    d = sum(1 - (v / np.linalg.norm(v, axis=1, keepdims=True))
+            @ (v / np.linalg.norm(v, axis=1, keepdims=True)).T for v in views)  # fmt: skip
+    np.fill_diagonal(d, np.inf)
+    a = np.zeros((60, 60))
+    for i in range(60):
+        a[i, np.argsort(d[i])[:10]] = 1
+    a = ((a + a.T) > 0).astype(float)
+
+    def q(labels):  # Newman's Q by its definition
+        k, two_m = a.sum(1), a.sum()
+        same = labels[:, None] == labels[None, :]
+        return float(((a - np.outer(k, k) / two_m) * same).sum() / two_m)
+
+    sel = [{"candidate": "truth", "labels": pack_labels(y)},
+           {"candidate": "noise", "labels": pack_labels(noise)}]  # fmt: skip
+    recs = [{"dataset": "B", "selection": sel}, {"dataset": "B"},
+            {"dataset": "B", "selection": [{"candidate": "old"}]}]  # fmt: skip
+    out = report.add_criterion_scores(recs, "joint", lambda name: views)
+    got = {c["candidate"]: c["joint_score"] for c in out[0]["selection"]}
+    assert got["truth"] == pytest.approx(q(y)) and got["noise"] == pytest.approx(q(noise))
+    assert got["truth"] > got["noise"] + 0.2  # the true partition stands out
+    assert "joint_score" not in recs[0]["selection"][0]  # the records themselves untouched
+    assert out[1] == recs[1] and out[2] == recs[2]  # nothing to score: unchanged

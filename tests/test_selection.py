@@ -6,7 +6,14 @@ import pytest
 
 from cmmc.config import Config, make_config
 from cmmc.estimator import CMMC
-from cmmc.selection import knn_graph, modularity, select, select_for, view_graphs
+from cmmc.selection import (
+    joint_graph,
+    knn_graph,
+    modularity,
+    select,
+    select_for,
+    view_graphs,
+)
 from cmmc.synthetic import make_multiview_blobs
 from cmmc.train import Trainer
 
@@ -33,6 +40,26 @@ def test_knn_graph_matches_brute_force_neighbours():
         for j in np.argsort(d[i])[:5]:
             want[i, j] = want[j, i] = 1
     np.testing.assert_array_equal(knn_graph(x, 5).toarray(), want)
+
+
+def test_joint_graph_neighbours_by_summed_cosine_distances():
+    """The joint graph's neighbours are those of the sum over views of the cosine distance
+    (1 - cos), found by brute force; a view scaled by any positive factor per row changes nothing."""
+    rng = np.random.default_rng(5)
+    views = [rng.normal(size=(25, 3)), rng.normal(size=(25, 7))]
+    d = np.zeros((25, 25))
+    for v in views:
+        for i in range(25):
+            for j in range(25):
+                d[i, j] += 1 - v[i] @ v[j] / (np.linalg.norm(v[i]) * np.linalg.norm(v[j]))
+    np.fill_diagonal(d, np.inf)
+    want = np.zeros((25, 25))
+    for i in range(25):
+        for j in np.argsort(d[i])[:4]:
+            want[i, j] = want[j, i] = 1
+    np.testing.assert_array_equal(joint_graph(views, 4).toarray(), want)
+    scaled = [views[0] * rng.uniform(0.1, 10, size=(25, 1)), views[1]]
+    np.testing.assert_array_equal(joint_graph(scaled, 4).toarray(), want)
 
 
 def test_modularity_matches_its_definition_and_known_values():
@@ -116,6 +143,25 @@ def test_the_selection_reads_no_labels(one_thread):
     }
     assert "selection" in a.phase_seconds_
     assert set(a.selection_.h_scores) == set(a.selection_.scores)
+    # the preset's criterion is the joint graph's; the first form's (mean over each view's
+    # graph) rides along; both computed here from the candidates' labels
+    g, gs = joint_graph(views), view_graphs(views)
+    for name, lab in a.selection_.candidates.items():
+        assert a.selection_.scores[name] == pytest.approx(modularity(g, lab))
+        want = np.mean([modularity(x, lab) for x in gs])
+        assert a.selection_.other_scores["graph"][name] == pytest.approx(want)
+
+
+def test_the_graph_criterion_scores_on_each_views_graph(one_thread):
+    views, y = make_multiview_blobs(n_samples=90, n_clusters=3, seed=4)
+    cfg = make_config(profile="quick", preset="select", selection="graph", precision="fp32",
+                      eval_every=0, hidden=(32, 32, 64))  # fmt: skip
+    model = CMMC(3, config=cfg, progress=False).fit(views)
+    sel, gs = model.selection_, view_graphs(views)
+    want = {name: np.mean([modularity(g, lab) for g in gs]) for name, lab in sel.candidates.items()}
+    assert sel.scores == pytest.approx(want)
+    assert sel.chosen == max(want, key=want.get)  # all use the 3 clusters of these blobs
+    assert set(sel.other_scores) == {"joint"}
 
 
 def test_predict_refuses_when_a_baseline_was_chosen():

@@ -1104,10 +1104,22 @@ def _keep_cmmc_unless(margin: float) -> Callable[[list[dict[str, Any]]], str]:
     return rule
 
 
+def _by_criterion(criterion: str) -> Callable[[list[dict[str, Any]]], str | None]:
+    def rule(cands: list[dict[str, Any]]) -> str | None:
+        key = f"{criterion}_score"
+        if any(key not in c for c in cands):
+            return None  # a record made before the criterion was scored, without labels to redo it
+        return _best_score(cands, lambda c: c[key])
+
+    return rule
+
+
 # Label-free rules over the candidates a select record scored (each sees the candidates without
 # their metrics): the preset's rule and others one could have chosen, compared on the same runs.
-SELECTION_RULES: dict[str, Callable[[list[dict[str, Any]]], str]] = {
+# A rule answering None has nothing to judge that run by (it is left out of that rule's mean).
+SELECTION_RULES: dict[str, Callable[[list[dict[str, Any]]], str | None]] = {
     "mean view modularity (the preset)": lambda cs: _best_score(cs, lambda c: c["score"]),
+    "joint graph": _by_criterion("joint"),
     "CMMC's own labels": lambda cs: "cmmc",
     "CMMC unless beaten by 0.01": _keep_cmmc_unless(0.01),
     "CMMC unless beaten by 0.02": _keep_cmmc_unless(0.02),
@@ -1137,20 +1149,54 @@ def selection_rules(
         if not sel:
             continue
         acc = {c["candidate"]: c["metrics"]["ACC"] for c in sel}
-        blind = [{k: v for k, v in c.items() if k not in ("metrics", "chosen")} for c in sel]
-        row = {"dataset": r["dataset"], **{name: acc[rule(blind)] for name, rule in rules.items()}}
-        rows.append({**row, "oracle": max(acc.values())})
+        blind = [{k: v for k, v in c.items() if k not in ("metrics", "chosen", "labels")}
+                 for c in sel]  # fmt: skip
+        picks = {name: rule(blind) for name, rule in rules.items()}
+        row = {name: np.nan if c is None else acc[c] for name, c in picks.items()}
+        rows.append({"dataset": r["dataset"], **row, "oracle": max(acc.values())})
     columns = ["dataset", "seeds", *rules, "oracle"]
     if not rows:
         return pd.DataFrame(columns=columns)
     df = pd.DataFrame(rows)
     out = df.groupby("dataset", sort=False).mean().round(3).reset_index()
     out.insert(1, "seeds", df.groupby("dataset", sort=False).size().to_numpy())
-    near = {name: f"{int((out[name] >= out['oracle'] - 0.01).sum())} of {len(out)}"
+    near = {name: f"{int((out[name] >= out['oracle'] - 0.01).sum())} of {out[name].notna().sum()}"
             for name in rules}  # fmt: skip
     tally = pd.DataFrame([{"dataset": "within 0.01 of the oracle", "seeds": "", **near,
                            "oracle": ""}])  # fmt: skip
     return pd.concat([out, tally], ignore_index=True)[columns]
+
+
+def add_criterion_scores(
+    records: Iterable[Mapping[str, Any]],
+    criterion: str,
+    views_of: Callable[[str], Sequence[np.ndarray]],
+) -> list[dict[str, Any]]:
+    """Copies of ``records`` whose selection rows gain ``<criterion>_score`` (the candidate's
+    mean modularity on that criterion's graphs, :data:`cmmc.selection.CRITERIA`) where the row
+    keeps its packed labels and lacks the score; ``views_of(dataset)`` gives a set's views. Reads
+    no label of the data: the same score the selection would have computed during the run.
+
+    Used by: book/beyond.md.
+    """
+    from cmmc.experiments.kinds import unpack_labels
+    from cmmc.selection import CRITERIA, modularity
+
+    graphs: dict[str, list] = {}
+    out = []
+    for r in records:
+        sel = r.get("selection") or []
+        key = f"{criterion}_score"
+        if not sel or all(key in c for c in sel) or any("labels" not in c for c in sel):
+            out.append(dict(r))
+            continue
+        if r["dataset"] not in graphs:
+            graphs[r["dataset"]] = CRITERIA[criterion](views_of(r["dataset"]))
+        g = graphs[r["dataset"]]
+        rows = [{**c, key: float(np.mean([modularity(x, unpack_labels(c["labels"])) for x in g]))}
+                for c in sel]  # fmt: skip
+        out.append({**r, "selection": rows})
+    return out
 
 
 def selection_summary(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
