@@ -474,7 +474,7 @@ def test_selection_summary_counts_choices_and_the_oracle_by_hand():
 
 def test_selection_rules_pick_by_their_scores_by_hand_and_never_see_metrics():
     def cand(name, views, h, acc, eligible=True, joint=None):
-        return {"candidate": name, "score": sum(views) / len(views), "view_scores": views,
+        return {"candidate": name, "graph_score": sum(views) / len(views), "view_scores": views,
                 "h_score": h, "eligible": eligible, "chosen": False, "metrics": {"ACC": acc},
                 **({} if joint is None else {"joint_score": joint})}  # fmt: skip
 
@@ -497,8 +497,8 @@ def test_selection_rules_pick_by_their_scores_by_hand_and_never_see_metrics():
     # worst view: spectral (0.48 > 0.47), spectral (0.45 > 0.40); oracle 0.95, 0.99; joint
     # graph: cmmc in run 1, nothing to judge run 2 by (no joint scores)
     expected = {
-        "joint graph": 0.95,
-        "mean view modularity (the preset)": (0.80 + 0.90) / 2,
+        "joint graph (the preset)": 0.95,
+        "mean view modularity (first form)": (0.80 + 0.90) / 2,
         "CMMC's own labels": (0.95 + 0.60) / 2,
         "CMMC unless beaten by 0.01": (0.80 + 0.90) / 2,
         "CMMC unless beaten by 0.02": (0.95 + 0.90) / 2,
@@ -551,3 +551,21 @@ def test_add_criterion_scores_recomputes_the_joint_score_from_packed_labels():
     assert got["truth"] > got["noise"] + 0.2  # the true partition stands out
     assert "joint_score" not in recs[0]["selection"][0]  # the records themselves untouched
     assert out[1] == recs[1] and out[2] == recs[2]  # nothing to score: unchanged
+
+
+def test_criterion_rows_name_each_score_by_its_criterion():
+    graph_rec = {
+        "dataset": "D",
+        "config": {"selection": "graph"},
+        "selection": [
+            {"candidate": "cmmc", "score": 0.5, "view_scores": [0.4, 0.6], "joint_score": 0.7}
+        ],
+    }
+    joint_rec = {"dataset": "D", "config": {"selection": "joint"}, "selection": [
+        {"candidate": "cmmc", "score": 0.8, "view_scores": [0.8], "graph_score": 0.3}]}  # fmt: skip
+    g, j, bare = report.criterion_rows([graph_rec, joint_rec, {"dataset": "D"}])
+    assert g["selection"][0] == {"candidate": "cmmc", "graph_score": 0.5,
+                                 "view_scores": [0.4, 0.6], "joint_score": 0.7}  # fmt: skip
+    assert j["selection"][0] == {"candidate": "cmmc", "joint_score": 0.8, "graph_score": 0.3}
+    assert bare == {"dataset": "D"}
+    assert graph_rec["selection"][0]["score"] == 0.5  # the records themselves untouched

@@ -1090,51 +1090,99 @@ def fastpath_targets(
     return pd.DataFrame(rows, columns=["target", "machine", "value", "met"])
 
 
+Rule = Callable[[list[dict[str, Any]]], str | None]
+
+
 def _best_score(cands: list[dict[str, Any]], key: Callable[[dict[str, Any]], float]) -> str:
     eligible = [c for c in cands if c["eligible"]] or cands
     return max(eligible, key=key)["candidate"]
 
 
-def _keep_cmmc_unless(margin: float) -> Callable[[list[dict[str, Any]]], str]:
+def _needs(*keys: str) -> Callable[[Rule], Rule]:
+    """A rule that answers None (nothing to judge the run by) where a candidate lacks a key: a
+    record made before that score existed, without labels to compute it again."""
+
+    def wrap(rule: Rule) -> Rule:
+        return lambda cs: rule(cs) if all(k in c for c in cs for k in keys) else None
+
+    return wrap
+
+
+def _keep_cmmc_unless(margin: float) -> Rule:
     def rule(cands: list[dict[str, Any]]) -> str:
-        best = _best_score(cands, lambda c: c["score"])
-        score = {c["candidate"]: c["score"] for c in cands}
+        best = _best_score(cands, lambda c: c["graph_score"])
+        score = {c["candidate"]: c["graph_score"] for c in cands}
         return best if score[best] > score["cmmc"] + margin else "cmmc"
 
-    return rule
-
-
-def _by_criterion(criterion: str) -> Callable[[list[dict[str, Any]]], str | None]:
-    def rule(cands: list[dict[str, Any]]) -> str | None:
-        key = f"{criterion}_score"
-        if any(key not in c for c in cands):
-            return None  # a record made before the criterion was scored, without labels to redo it
-        return _best_score(cands, lambda c: c[key])
-
-    return rule
+    return _needs("graph_score")(rule)
 
 
 # Label-free rules over the candidates a select record scored (each sees the candidates without
-# their metrics): the preset's rule and others one could have chosen, compared on the same runs.
-# A rule answering None has nothing to judge that run by (it is left out of that rule's mean).
-SELECTION_RULES: dict[str, Callable[[list[dict[str, Any]]], str | None]] = {
-    "mean view modularity (the preset)": lambda cs: _best_score(cs, lambda c: c["score"]),
-    "joint graph": _by_criterion("joint"),
+# their metrics, as :func:`criterion_rows` writes them): the preset's rule and others one could
+# have chosen, compared on the same runs. A rule answering None is left out of that run's means.
+SELECTION_RULES: dict[str, Rule] = {
+    "joint graph (the preset)": _needs("joint_score")(
+        lambda cs: _best_score(cs, lambda c: c["joint_score"])
+    ),
+    "mean view modularity (first form)": _needs("graph_score")(
+        lambda cs: _best_score(cs, lambda c: c["graph_score"])
+    ),
     "CMMC's own labels": lambda cs: "cmmc",
     "CMMC unless beaten by 0.01": _keep_cmmc_unless(0.01),
     "CMMC unless beaten by 0.02": _keep_cmmc_unless(0.02),
-    "views and h": lambda cs: _best_score(
-        cs, lambda c: (sum(c["view_scores"]) + c["h_score"]) / (len(c["view_scores"]) + 1)
+    "views and h": _needs("view_scores", "h_score")(
+        lambda cs: _best_score(
+            cs, lambda c: (sum(c["view_scores"]) + c["h_score"]) / (len(c["view_scores"]) + 1)
+        )
+    ),  # fmt: skip
+    "worst view": _needs("view_scores")(
+        lambda cs: _best_score(cs, lambda c: min(c["view_scores"]))
     ),
-    "worst view": lambda cs: _best_score(cs, lambda c: min(c["view_scores"])),
 }
+
+
+def criterion_rows(
+    records: Iterable[Mapping[str, Any]],
+    views_of: Callable[[str], Sequence[np.ndarray]] | None = None,
+) -> list[dict[str, Any]]:
+    """Copies of ``records`` whose selection rows name every score by its criterion: the
+    record's own ``score`` becomes ``<criterion>_score`` (criterion: the record's
+    ``config.selection``), the other criteria's scores stay as recorded, ``view_scores`` stay
+    only where they are per view (criterion ``"graph"``). With ``views_of(dataset)`` (a set's
+    views), a criterion's score that a record lacks is computed from its packed labels
+    (:func:`add_criterion_scores`).
+
+    Used by: book/beyond.md.
+    """
+    out = []
+    for r in records:
+        sel = r.get("selection")
+        if not sel:
+            out.append(dict(r))
+            continue
+        own = (r.get("config") or {}).get("selection", "graph")
+        rows = []
+        for c in sel:
+            row = {k: v for k, v in c.items() if k not in ("score", "view_scores")}
+            row[f"{own}_score"] = c["score"]
+            if own == "graph":
+                row["view_scores"] = c["view_scores"]
+            rows.append(row)
+        out.append({**r, "selection": rows})
+    if views_of is not None:
+        from cmmc.selection import CRITERIA
+
+        for criterion in CRITERIA:
+            out = add_criterion_scores(out, criterion, views_of)
+    return out
 
 
 def selection_rules(
     records: Iterable[Mapping[str, Any]],
-    rules: Mapping[str, Callable[[list[dict[str, Any]]], str]] | None = None,
+    rules: Mapping[str, Rule] | None = None,
 ) -> pd.DataFrame:
-    """Per data set of records with a ``selection``: the mean ACC of the candidate each
+    """Per data set of records with a ``selection`` (as :func:`criterion_rows` names their
+    scores): the mean ACC of the candidate each
     label-free rule of ``rules`` (default :data:`SELECTION_RULES`) picks in each run, and of
     the best candidate by ACC (the oracle, which reads labels); a last row counts the sets where
     a rule is within 0.01 of the oracle. A rule is given each run's candidates without their
