@@ -36,6 +36,7 @@ __all__ = [
     "BASELINE_CANDIDATES",
     "Selection",
     "CRITERIA",
+    "agreement_scores",
     "candidate_partitions",
     "joint_graph",
     "knn_graph",
@@ -105,6 +106,24 @@ def modularity(graph: sp.spmatrix, labels: np.ndarray) -> float:
     return float((inside - expected).sum())
 
 
+def agreement_scores(candidates: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each candidate's mean normalised mutual information (arithmetic mean of the entropies, as
+    scikit-learn's default) with the other candidates: how central it is among them, the
+    "average NMI" of cluster ensembles (Strehl and Ghosh 2002). A diagnostic beside the graph
+    criteria; with one candidate, 0. Reads no labels of the data."""
+    from sklearn.metrics import normalized_mutual_info_score as nmi
+
+    names = list(candidates)
+    if len(names) < 2:
+        return {c: 0.0 for c in names}
+    pair = {(a, b): nmi(candidates[a], candidates[b]) for i, a in enumerate(names)
+            for b in names[i + 1:]}  # fmt: skip
+    return {
+        c: float(np.mean([pair.get((c, o), pair.get((o, c))) for o in names if o != c]))
+        for c in names
+    }
+
+
 @dataclass(frozen=True)
 class Selection:
     """What a selection chose: ``chosen`` (a candidate's name), its ``labels``, and per candidate
@@ -113,8 +132,8 @@ class Selection:
     ``view_scores``: the modularity on each of the criterion's graphs (one per view for
     ``"graph"``, one for ``"joint"``); ``h_scores``: on the kNN graph of CMMC's h (a diagnostic:
     it favours CMMC's own labels, so it takes no part in the choice); ``other_scores``: each
-    candidate's score under the criteria not used (diagnostics, for comparing criteria on the
-    same runs)."""
+    candidate's score under the criteria not used and its ``"agreement"``
+    (:func:`agreement_scores`): diagnostics, for comparing rules on the same runs."""
 
     chosen: str
     labels: np.ndarray
@@ -188,10 +207,11 @@ def select_for(trainer: Any, member: int, own: np.ndarray) -> tuple[Selection, f
     """The selection (criterion ``selection`` of the member's config) for one member of a fitted
     :class:`~cmmc.train.Trainer`: its labels ``own`` ("cmmc") against the baselines seeded with
     the member's seed, on the training views (never ``trainer.y``); the other criteria's scores
-    ride along as diagnostics. Returns the selection and its seconds. Every criterion's graphs
-    and every member's h are computed once per trained state (the members share the views). The
-    baselines run on one OpenMP and BLAS thread, so that a seed's labels do not depend on how
-    many threads the machine gave it (as the pseudo labels')."""
+    and each candidate's :func:`agreement_scores` ride along as diagnostics. Returns the
+    selection and its seconds. Every criterion's graphs and every member's h are computed once
+    per trained state (the members share the views). The baselines run on one OpenMP and BLAS
+    thread, so that a seed's labels do not depend on how many threads the machine gave it (as
+    the pseudo labels')."""
     t0 = time.perf_counter()
     views = [x.float().cpu().numpy() for x in trainer.xs]
     cache = trainer.__dict__.setdefault("_selection_cache", {})
@@ -206,6 +226,7 @@ def select_for(trainer: Any, member: int, own: np.ndarray) -> tuple[Selection, f
     chosen = select(views, cands, trainer.k, graphs=cache["graphs"][criterion])
     other = {c: select(views, cands, trainer.k, graphs=g).scores
              for c, g in cache["graphs"].items() if c != criterion}  # fmt: skip
+    other["agreement"] = agreement_scores(cands)
     h_graph = knn_graph(
         np.concatenate([v[member] if trainer.stacked else v for v in cache["h"]], 1)
     )

@@ -473,17 +473,18 @@ def test_selection_summary_counts_choices_and_the_oracle_by_hand():
 
 
 def test_selection_rules_pick_by_their_scores_by_hand_and_never_see_metrics():
-    def cand(name, views, h, acc, eligible=True, joint=None):
+    def cand(name, views, h, acc, eligible=True, joint=None, agree=None):
         return {"candidate": name, "graph_score": sum(views) / len(views), "view_scores": views,
                 "h_score": h, "eligible": eligible, "chosen": False, "metrics": {"ACC": acc},
-                **({} if joint is None else {"joint_score": joint})}  # fmt: skip
+                **({} if joint is None else {"joint_score": joint}),
+                **({} if agree is None else {"agreement_score": agree})}  # fmt: skip
 
     # run 1: spectral's mean view score (0.50) beats CMMC's (0.485) by 0.015; CMMC wins on h
     # run 2: k-means has the best mean (0.70) but is not eligible (empty clusters): spectral next
     runs = [
-        [cand("cmmc", [0.47, 0.50], 0.9, 0.95, joint=0.6),
-         cand("spectral_concat", [0.48, 0.52], 0.6, 0.80, joint=0.5),
-         cand("kmeans_concat", [0.30, 0.40], 0.5, 0.70, joint=0.55)],
+        [cand("cmmc", [0.47, 0.50], 0.9, 0.95, joint=0.6, agree=0.5),
+         cand("spectral_concat", [0.48, 0.52], 0.6, 0.80, joint=0.5, agree=0.7),
+         cand("kmeans_concat", [0.30, 0.40], 0.5, 0.70, joint=0.55, agree=0.6)],
         [cand("cmmc", [0.40, 0.40], 0.8, 0.60), cand("spectral_concat", [0.45, 0.47], 0.5, 0.90),
          cand("kmeans_concat", [0.70, 0.70], 0.7, 0.99, eligible=False)],
     ]  # fmt: skip
@@ -495,7 +496,8 @@ def test_selection_rules_pick_by_their_scores_by_hand_and_never_see_metrics():
     # (0.06); unless-0.02: cmmc, spectral; views and h: (0.47+0.5+0.9)/3 = 0.623 against
     # (0.48+0.52+0.6)/3 = 0.533 -> cmmc, then (0.4+0.4+0.8)/3 = 0.533 against 0.473 -> cmmc;
     # worst view: spectral (0.48 > 0.47), spectral (0.45 > 0.40); oracle 0.95, 0.99; joint
-    # graph: cmmc in run 1, nothing to judge run 2 by (no joint scores)
+    # graph: cmmc in run 1, nothing to judge run 2 by (no joint scores); agreement: spectral
+    # (0.7) in run 1; joint + agreement: 1.1, 1.2, 1.15 -> spectral in run 1
     expected = {
         "joint graph (the preset)": 0.95,
         "mean view modularity (first form)": (0.80 + 0.90) / 2,
@@ -504,13 +506,19 @@ def test_selection_rules_pick_by_their_scores_by_hand_and_never_see_metrics():
         "CMMC unless beaten by 0.02": (0.95 + 0.90) / 2,
         "views and h": (0.95 + 0.60) / 2,
         "worst view": (0.80 + 0.90) / 2,
+        "agreement": 0.80,
+        "joint graph + agreement": 0.80,
         "oracle": (0.95 + 0.99) / 2,
     }
     for name, value in expected.items():
         assert row[name] == pytest.approx(value, abs=5e-4), name
-    # within 0.01 of the oracle (0.97): none of the rules (best 0.95)
+    # within 0.01 of the oracle on the runs each rule judged: the joint graph judged run 1 only,
+    # where it took the best (0.95); the others fall short (at most 0.95 against 0.97, or 0.80
+    # against run 1's 0.95)
     tally = out.loc["within 0.01 of the oracle"]
-    assert all(tally[name] == "0 of 1" for name in report.SELECTION_RULES)
+    assert tally["joint graph (the preset)"] == "1 of 1"
+    assert all(tally[name] == "0 of 1" for name in report.SELECTION_RULES
+               if name != "joint graph (the preset)")  # fmt: skip
     assert row["oracle"] == pytest.approx(0.97)  # over both runs, though joint judged run 1 only
 
     def peeks(cands):
@@ -543,9 +551,9 @@ def test_add_criterion_scores_recomputes_the_joint_score_from_packed_labels():
 
     sel = [{"candidate": "truth", "labels": pack_labels(y)},
            {"candidate": "noise", "labels": pack_labels(noise)}]  # fmt: skip
-    recs = [{"dataset": "B", "selection": sel}, {"dataset": "B"},
+    recs = [{"dataset": "B", "seed": 0, "selection": sel}, {"dataset": "B"},
             {"dataset": "B", "selection": [{"candidate": "old"}]}]  # fmt: skip
-    out = report.add_criterion_scores(recs, "joint", lambda name: views)
+    out = report.add_criterion_scores(recs, "joint", lambda name, seed: views)
     got = {c["candidate"]: c["joint_score"] for c in out[0]["selection"]}
     assert got["truth"] == pytest.approx(q(y)) and got["noise"] == pytest.approx(q(noise))
     assert got["truth"] > got["noise"] + 0.2  # the true partition stands out
@@ -569,3 +577,46 @@ def test_criterion_rows_name_each_score_by_its_criterion():
     assert j["selection"][0] == {"candidate": "cmmc", "joint_score": 0.8, "graph_score": 0.3}
     assert bare == {"dataset": "D"}
     assert graph_rec["selection"][0]["score"] == 0.5  # the records themselves untouched
+
+
+def test_add_criterion_scores_uses_the_views_of_each_runs_seed():
+    from cmmc.experiments.kinds import pack_labels
+    from cmmc.synthetic import make_multiview_blobs
+
+    draws = {s: make_multiview_blobs(n_samples=60, n_clusters=3, seed=s) for s in (0, 1)}
+    asked = []
+
+    def views_of(name, seed):
+        asked.append((name, seed))
+        return draws[seed][0]
+
+    recs = [{"dataset": "B", "seed": s, "selection": [
+        {"candidate": "truth", "labels": pack_labels(draws[s][1])}]} for s in (0, 1, 0)]  # fmt: skip
+    out = report.add_criterion_scores(recs, "joint", views_of)
+    assert asked == [("B", 0), ("B", 1)]  # one graph per run's draw, reused for the same seed
+    # each run's true labels fit its own draw: well above what the other draw's labels score
+    own = [r["selection"][0]["joint_score"] for r in out]
+    from cmmc.selection import joint_graph, modularity
+
+    crossed = modularity(joint_graph(draws[1][0]), draws[0][1])
+    assert min(own) > crossed + 0.1
+
+
+def test_criterion_rows_add_each_candidates_agreement_from_packed_labels():
+    from sklearn.metrics import normalized_mutual_info_score as nmi
+
+    from cmmc.experiments.kinds import pack_labels
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 3, 50)
+    b = a.copy()
+    b[:5] = (b[:5] + 1) % 3  # close to a
+    c = rng.integers(0, 3, 50)  # unrelated
+    rec = {"dataset": "D", "config": {"selection": "joint"}, "selection": [
+        {"candidate": n, "score": 0.1, "labels": pack_labels(x)}
+        for n, x in (("a", a), ("b", b), ("c", c))]}  # fmt: skip
+    (out,) = report.criterion_rows([rec])
+    got = {r["candidate"]: r["agreement_score"] for r in out["selection"]}
+    assert got["a"] == pytest.approx((nmi(a, b) + nmi(a, c)) / 2, abs=1e-6)
+    assert got["c"] == pytest.approx((nmi(c, a) + nmi(c, b)) / 2, abs=1e-6)
+    assert got["a"] > got["c"] + 0.3  # the odd one out agrees least

@@ -7,6 +7,7 @@ import pytest
 from cmmc.config import Config, make_config
 from cmmc.estimator import CMMC
 from cmmc.selection import (
+    agreement_scores,
     joint_graph,
     knn_graph,
     modularity,
@@ -75,6 +76,36 @@ def test_modularity_matches_its_definition_and_known_values():
     tri = np.ones((3, 3)) - np.eye(3)
     two = np.block([[tri, np.zeros((3, 3))], [np.zeros((3, 3)), tri]])
     assert modularity(sp.csr_matrix(two), np.array([0, 0, 0, 1, 1, 1])) == pytest.approx(0.5)
+
+
+def naive_nmi(a: np.ndarray, b: np.ndarray) -> float:
+    """NMI from counts: I(a; b) / ((H(a) + H(b)) / 2), natural logarithms."""
+    n = len(a)
+    pa = {x: np.mean(a == x) for x in set(a)}
+    pb = {y: np.mean(b == y) for y in set(b)}
+    mi = 0.0
+    for x in pa:
+        for y in pb:
+            pxy = np.mean((a == x) & (b == y))
+            if pxy > 0:
+                mi += pxy * np.log(pxy / (pa[x] * pb[y]))
+    h = lambda p: -sum(v * np.log(v) for v in p.values())  # noqa: E731
+    assert n == len(b)
+    return mi / ((h(pa) + h(pb)) / 2)
+
+
+def test_agreement_is_the_mean_nmi_with_the_other_candidates():
+    rng = np.random.default_rng(3)
+    cands = {"x": rng.integers(0, 4, 80), "y": rng.integers(0, 3, 80)}
+    cands["z"] = np.where(rng.random(80) < 0.8, cands["x"], 0)  # mostly x
+    got = agreement_scores(cands)
+    for c in cands:
+        others = [naive_nmi(cands[c], cands[o]) for o in cands if o != c]
+        assert got[c] == pytest.approx(np.mean(others), abs=1e-9), c
+    # the same partition under other names agrees fully
+    same = agreement_scores({"p": np.array([0, 0, 1, 1]), "q": np.array([5, 5, 2, 2])})
+    assert same == pytest.approx({"p": 1.0, "q": 1.0})
+    assert agreement_scores({"only": np.zeros(4, int)}) == {"only": 0.0}
 
 
 def test_select_takes_the_best_eligible_candidate_by_brute_force():
@@ -150,6 +181,8 @@ def test_the_selection_reads_no_labels(one_thread):
         assert a.selection_.scores[name] == pytest.approx(modularity(g, lab))
         want = np.mean([modularity(x, lab) for x in gs])
         assert a.selection_.other_scores["graph"][name] == pytest.approx(want)
+        others = [naive_nmi(lab, o) for n, o in a.selection_.candidates.items() if n != name]
+        assert a.selection_.other_scores["agreement"][name] == pytest.approx(np.mean(others))
 
 
 def test_the_graph_criterion_scores_on_each_views_graph(one_thread):
@@ -161,7 +194,7 @@ def test_the_graph_criterion_scores_on_each_views_graph(one_thread):
     want = {name: np.mean([modularity(g, lab) for g in gs]) for name, lab in sel.candidates.items()}
     assert sel.scores == pytest.approx(want)
     assert sel.chosen == max(want, key=want.get)  # all use the 3 clusters of these blobs
-    assert set(sel.other_scores) == {"joint"}
+    assert set(sel.other_scores) == {"joint", "agreement"}
 
 
 def test_predict_refuses_when_a_baseline_was_chosen():
