@@ -20,7 +20,8 @@ ENTROPY_FORMS = ("pair", "view")
 FINETUNE_FORMS = ("double_softmax", "ce")
 PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where the device computes it natively
 PSEUDO_LABELS = ("kmeans", "spectral")
-SELECTIONS = ("none", "graph", "joint")  # what cmmc.selection may do after training (CRITERIA)
+# what cmmc.selection may do after training (its CRITERIA)
+SELECTIONS = ("none", "graph", "joint", "consensus")
 
 
 def plain(value: Any) -> Any:
@@ -120,7 +121,8 @@ class Config:
     pseudo_labels: str = "kmeans"
     # After training: "none" keeps CMMC's labels; "graph" and "joint" choose, without labels,
     # between them and the simple baselines' by modularity on kNN graphs: one per view, or one
-    # of all views (cmmc.selection.CRITERIA)
+    # of all views; "consensus": the joint graph's plus each one's agreement with the others
+    # (cmmc.selection.CRITERIA)
     selection: str = "none"
 
     def __post_init__(self) -> None:

@@ -5,13 +5,17 @@ baseline on other data (few samples, many clusters, hand-made features). Which o
 told without labels: a good partition keeps each sample with its nearest neighbours. The score
 of a candidate partition is its modularity (Newman 2006) on kNN graphs of the data; the candidate
 with the highest score is chosen among those that use at least ``min_share`` of the K clusters.
-Two criteria (``Config.selection``), each a way to build the graphs:
+Three criteria (``Config.selection``):
 
 - ``"graph"``: one graph per standardised view (Euclidean), the scores averaged over the views;
 - ``"joint"``: one graph of all views at once, each view's rows scaled to unit length and the
   views concatenated (cosine neighbours, every view weighing the same). Standardising sparse
   count data (text) blows up rare words, and averaging over views lets a weak view outvote the
   others; the joint graph does neither.
+- ``"consensus"``: the joint graph's modularity plus the candidate's agreement with the other
+  candidates (mean NMI, :func:`agreement_scores`). Where the candidates' modularities are close
+  (a spectral cut of a kNN graph scores well on a kNN graph whether right or not), the
+  partition the others agree with is taken.
 
 Nothing here reads labels: :func:`select` takes views and candidate partitions only.
 """
@@ -36,6 +40,7 @@ __all__ = [
     "BASELINE_CANDIDATES",
     "Selection",
     "CRITERIA",
+    "GRAPHS",
     "agreement_scores",
     "candidate_partitions",
     "joint_graph",
@@ -83,10 +88,17 @@ def joint_graph(views: Sequence[np.ndarray], n_neighbors: int = N_NEIGHBORS) -> 
     return knn_graph(np.concatenate(unit, axis=1), n_neighbors)
 
 
-#: How each criterion builds its graphs from the views (a candidate's score: mean modularity).
-CRITERIA: dict[str, Callable[[Sequence[np.ndarray]], list[sp.csr_matrix]]] = {
+#: The kNN graphs a criterion can score on, each built from the views.
+GRAPHS: dict[str, Callable[[Sequence[np.ndarray]], list[sp.csr_matrix]]] = {
     "graph": view_graphs,
     "joint": lambda views: [joint_graph(views)],
+}
+#: Each criterion: the :data:`GRAPHS` it scores on (a candidate's score: its mean modularity on
+#: them) and whether the candidate's :func:`agreement_scores` is added to that score.
+CRITERIA: dict[str, tuple[str, bool]] = {
+    "graph": ("graph", False),
+    "joint": ("joint", False),
+    "consensus": ("joint", True),
 }
 
 
@@ -179,11 +191,12 @@ def select(
     n_clusters: int,
     min_share: float = MIN_SHARE,
     graphs: list[sp.spmatrix] | None = None,
+    agreement: dict[str, float] | None = None,
 ) -> Selection:
     """The candidate partition with the highest mean modularity over ``graphs`` (default: the
-    views' kNN graphs, criterion ``"graph"``), among those using at least ``min_share`` of the
-    ``n_clusters`` clusters (all of them, if none does). Ties go to the candidate listed first.
-    Reads no labels."""
+    views' kNN graphs, criterion ``"graph"``), plus its ``agreement`` where given (criterion
+    ``"consensus"``), among those using at least ``min_share`` of the ``n_clusters`` clusters
+    (all of them, if none does). Ties go to the candidate listed first. Reads no labels."""
     if not candidates:
         raise ValueError("select needs at least one candidate partition")
     graphs = view_graphs(views) if graphs is None else graphs
@@ -194,7 +207,7 @@ def select(
         if lab.shape != (n,):
             raise ValueError(f"candidate {name!r}: labels of shape {lab.shape}, expected ({n},)")
         per_view[name] = [modularity(g, lab) for g in graphs]
-        scores[name] = float(np.mean(per_view[name]))
+        scores[name] = float(np.mean(per_view[name])) + (agreement[name] if agreement else 0.0)
         used[name] = int(len(np.unique(lab)))
     eligible = {c: used[c] >= min_share * n_clusters for c in candidates}
     pool = [c for c in candidates if eligible[c]] or list(candidates)
@@ -217,16 +230,18 @@ def select_for(trainer: Any, member: int, own: np.ndarray) -> tuple[Selection, f
     cache = trainer.__dict__.setdefault("_selection_cache", {})
     state = (tuple(trainer.phases_done), trainer.epoch)
     if cache.get("state") != state:
-        cache["state"], cache["graphs"] = state, {c: fn(views) for c, fn in CRITERIA.items()}
+        cache["state"], cache["graphs"] = state, {g: fn(views) for g, fn in GRAPHS.items()}
         cache["h"] = [v.float().cpu().numpy() for v in trainer.embed()["h"]]  # (M x) N x d
     seed = trainer.seeds[member]
     with threadpool_limits(1):  # BLAS too: ARPACK's sums alike
         cands = candidate_partitions(views, trainer.k, seed, {"cmmc": own})
-    criterion = trainer.configs[member].selection
-    chosen = select(views, cands, trainer.k, graphs=cache["graphs"][criterion])
-    other = {c: select(views, cands, trainer.k, graphs=g).scores
-             for c, g in cache["graphs"].items() if c != criterion}  # fmt: skip
-    other["agreement"] = agreement_scores(cands)
+    graph, adds_agreement = CRITERIA[trainer.configs[member].selection]
+    agreement = agreement_scores(cands)
+    chosen = select(views, cands, trainer.k, graphs=cache["graphs"][graph],
+                    agreement=agreement if adds_agreement else None)  # fmt: skip
+    other = {g: select(views, cands, trainer.k, graphs=gs).scores
+             for g, gs in cache["graphs"].items() if g != graph or adds_agreement}  # fmt: skip
+    other["agreement"] = agreement
     h_graph = knn_graph(
         np.concatenate([v[member] if trainer.stacked else v for v in cache["h"]], 1)
     )

@@ -197,6 +197,24 @@ def test_the_graph_criterion_scores_on_each_views_graph(one_thread):
     assert set(sel.other_scores) == {"joint", "agreement"}
 
 
+def test_the_consensus_criterion_adds_each_candidates_agreement(one_thread):
+    views, y = make_multiview_blobs(n_samples=90, n_clusters=3, seed=4)
+    cfg = make_config(profile="quick", preset="select", selection="consensus", precision="fp32",
+                      eval_every=0, hidden=(32, 32, 64))  # fmt: skip
+    sel = CMMC(3, config=cfg, progress=False).fit(views).selection_
+    g, cands = joint_graph(views), sel.candidates
+    q = {n: modularity(g, lab) for n, lab in cands.items()}
+    agree = {n: np.mean([naive_nmi(lab, o) for m, o in cands.items() if m != n])
+             for n, lab in cands.items()}  # fmt: skip
+    want = {n: q[n] + agree[n] for n in cands}
+    assert sel.scores == pytest.approx(want)
+    assert all(sel.eligible.values())  # these blobs: every candidate uses the 3 clusters
+    assert want[sel.chosen] == pytest.approx(max(want.values()))  # equal partitions tie
+    assert sel.other_scores["joint"] == pytest.approx(q)  # the modularity alone rides along
+    assert sel.other_scores["agreement"] == pytest.approx(agree)
+    assert set(sel.other_scores) == {"joint", "graph", "agreement"}
+
+
 def test_predict_refuses_when_a_baseline_was_chosen():
     views, y = make_multiview_blobs(n_samples=90, n_clusters=3, seed=4)
     model = CMMC(

@@ -1182,10 +1182,10 @@ def criterion_rows(
             rows = _with_agreement(rows)
         out.append({**r, "selection": rows})
     if views_of is not None:
-        from cmmc.selection import CRITERIA
+        from cmmc.selection import GRAPHS
 
-        for criterion in CRITERIA:
-            out = add_criterion_scores(out, criterion, views_of)
+        for graph in GRAPHS:
+            out = add_criterion_scores(out, graph, views_of)
     return out
 
 
@@ -1244,7 +1244,7 @@ def add_criterion_scores(
     views_of: Callable[[str, int], Sequence[np.ndarray]],
 ) -> list[dict[str, Any]]:
     """Copies of ``records`` whose selection rows gain ``<criterion>_score`` (the candidate's
-    mean modularity on that criterion's graphs, :data:`cmmc.selection.CRITERIA`) where the row
+    mean modularity on the graphs of that name, :data:`cmmc.selection.GRAPHS`) where the row
     keeps its packed labels and lacks the score; ``views_of(dataset, seed)`` gives the views a
     run of that seed saw (a generated set is drawn from the run's seed). Reads
     no label of the data: the same score the selection would have computed during the run.
@@ -1252,7 +1252,7 @@ def add_criterion_scores(
     Used by: book/beyond.md.
     """
     from cmmc.experiments.kinds import unpack_labels
-    from cmmc.selection import CRITERIA, modularity
+    from cmmc.selection import GRAPHS, modularity
 
     graphs: dict[tuple[str, int], list] = {}
     out = []
@@ -1264,7 +1264,7 @@ def add_criterion_scores(
             continue
         run = (r["dataset"], r["seed"])
         if run not in graphs:
-            graphs[run] = CRITERIA[criterion](views_of(*run))
+            graphs[run] = GRAPHS[criterion](views_of(*run))
         g = graphs[run]
         rows = [{**c, key: float(np.mean([modularity(x, unpack_labels(c["labels"])) for x in g]))}
                 for c in sel]  # fmt: skip
