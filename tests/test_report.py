@@ -620,3 +620,30 @@ def test_criterion_rows_add_each_candidates_agreement_from_packed_labels():
     assert got["a"] == pytest.approx((nmi(a, b) + nmi(a, c)) / 2, abs=1e-6)
     assert got["c"] == pytest.approx((nmi(c, a) + nmi(c, b)) / 2, abs=1e-6)
     assert got["a"] > got["c"] + 0.3  # the odd one out agrees least
+
+
+def test_rechoose_takes_the_rules_pick_and_never_shows_it_metrics():
+    def cand(name, joint, agree, acc, used=3):
+        return {"candidate": name, "joint_score": joint, "agreement_score": agree,
+                "eligible": True, "chosen": name == "spectral_concat", "clusters_used": used,
+                "metrics": {"ACC": acc, "NMI": acc / 2}, "labels": "u1:AAAA"}  # fmt: skip
+
+    rec = {"dataset": "D", "seed": 0, "variant": "joint", "metrics": {"ACC": 0.5, "NMI": 0.25},
+           "clusters_used": 3, "labels_sha256": "x", "total_seconds": 10.0,
+           "selection": [cand("cmmc", 0.30, 0.90, 0.95, used=2),
+                         cand("spectral_concat", 0.40, 0.60, 0.50)]}  # fmt: skip
+    old = {"dataset": "D", "seed": 1, "variant": "joint", "selection": [{"candidate": "cmmc",
+           "eligible": True, "metrics": {"ACC": 0.1}}]}  # fmt: skip
+    rule = report.SELECTION_RULES["joint graph + agreement"]  # 1.20 against 1.00: cmmc
+    (out,) = report.rechoose([rec, old, {"dataset": "D"}], rule, "consensus")
+    assert out["metrics"] == {"ACC": 0.95, "NMI": 0.475} and out["clusters_used"] == 2
+    assert [c["chosen"] for c in out["selection"]] == [True, False]
+    assert out["variant"] == "consensus" and out["rechosen_from"] == "joint"
+    assert out["total_seconds"] == 10.0 and "labels_sha256" not in out
+    assert rec["metrics"]["ACC"] == 0.5 and rec["selection"][1]["chosen"]  # record untouched
+
+    def peeks(cands):
+        return max(cands, key=lambda c: c["metrics"]["ACC"])["candidate"]
+
+    with pytest.raises(KeyError, match="metrics"):
+        report.rechoose([rec], peeks, "x")

@@ -1189,6 +1189,36 @@ def criterion_rows(
     return out
 
 
+def rechoose(
+    records: Iterable[Mapping[str, Any]], rule: Rule, variant: str
+) -> list[dict[str, Any]]:
+    """Copies of select records (rows as :func:`criterion_rows` writes them) with the choice made
+    again by ``rule`` from the recorded scores: ``metrics``, ``clusters_used`` and the chosen flags
+    become those of the candidate the rule picks, ``variant`` is renamed and ``rechosen_from``
+    names the record's own variant; training, time and machine stay the record's. The rule sees
+    the candidates without their metrics or labels. A run the rule cannot judge is left out.
+
+    Used by: book/beyond.md.
+    """
+    out = []
+    for r in records:
+        sel = r.get("selection")
+        if not sel:
+            continue
+        pick = rule([{k: v for k, v in c.items() if k not in ("metrics", "chosen", "labels")}
+                     for c in sel])  # fmt: skip
+        if pick is None:
+            continue
+        got = next(c for c in sel if c["candidate"] == pick)
+        out.append({
+            **{k: v for k, v in r.items() if k != "labels_sha256"},
+            "variant": variant, "rechosen_from": r.get("variant"), "metrics": dict(got["metrics"]),
+            "clusters_used": got["clusters_used"],
+            "selection": [{**c, "chosen": c["candidate"] == pick} for c in sel],
+        })  # fmt: skip
+    return out
+
+
 def _with_agreement(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from cmmc.experiments.kinds import unpack_labels
     from cmmc.selection import agreement_scores
