@@ -60,9 +60,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"precision": "auto", "fused_adam": True},
     "robust": {"precision": "auto", "fused_adam": True, "min_batches": 8, "finetune_form": "ce"},
 }
-# robust, then the choice by modularity on one kNN graph of all views (criterion "joint"; the
-# preset's first form, "graph", scored each view's graph: measured side by side on "Beyond")
-PRESETS["select"] = {**PRESETS["robust"], "selection": "joint"}
+# robust, then the choice by modularity on one kNN graph of all views plus each candidate's
+# agreement with the others (criterion "consensus"; the preset's earlier forms, "graph" and
+# "joint", are measured side by side on "Beyond")
+PRESETS["select"] = {**PRESETS["robust"], "selection": "consensus"}
 
 
 class ConfigTypeError(TypeError, ValueError):

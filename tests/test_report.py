@@ -499,7 +499,7 @@ def test_selection_rules_pick_by_their_scores_by_hand_and_never_see_metrics():
     # graph: cmmc in run 1, nothing to judge run 2 by (no joint scores); agreement: spectral
     # (0.7) in run 1; joint + agreement: 1.1, 1.2, 1.15 -> spectral in run 1
     expected = {
-        "joint graph (the preset)": 0.95,
+        "joint graph (second form)": 0.95,
         "mean view modularity (first form)": (0.80 + 0.90) / 2,
         "CMMC's own labels": (0.95 + 0.60) / 2,
         "CMMC unless beaten by 0.01": (0.80 + 0.90) / 2,
@@ -507,7 +507,7 @@ def test_selection_rules_pick_by_their_scores_by_hand_and_never_see_metrics():
         "views and h": (0.95 + 0.60) / 2,
         "worst view": (0.80 + 0.90) / 2,
         "agreement": 0.80,
-        "joint graph + agreement": 0.80,
+        "joint graph + agreement (the preset)": 0.80,
         "oracle": (0.95 + 0.99) / 2,
     }
     for name, value in expected.items():
@@ -516,9 +516,9 @@ def test_selection_rules_pick_by_their_scores_by_hand_and_never_see_metrics():
     # where it took the best (0.95); the others fall short (at most 0.95 against 0.97, or 0.80
     # against run 1's 0.95)
     tally = out.loc["within 0.01 of the oracle"]
-    assert tally["joint graph (the preset)"] == "1 of 1"
+    assert tally["joint graph (second form)"] == "1 of 1"
     assert all(tally[name] == "0 of 1" for name in report.SELECTION_RULES
-               if name != "joint graph (the preset)")  # fmt: skip
+               if name != "joint graph (second form)")  # fmt: skip
     assert row["oracle"] == pytest.approx(0.97)  # over both runs, though joint judged run 1 only
 
     def peeks(cands):
@@ -634,7 +634,7 @@ def test_rechoose_takes_the_rules_pick_and_never_shows_it_metrics():
                          cand("spectral_concat", 0.40, 0.60, 0.50)]}  # fmt: skip
     old = {"dataset": "D", "seed": 1, "variant": "joint", "selection": [{"candidate": "cmmc",
            "eligible": True, "metrics": {"ACC": 0.1}}]}  # fmt: skip
-    rule = report.SELECTION_RULES["joint graph + agreement"]  # 1.20 against 1.00: cmmc
+    rule = report.SELECTION_RULES["joint graph + agreement (the preset)"]  # 1.2 against 1.0
     (out,) = report.rechoose([rec, old, {"dataset": "D"}], rule, "consensus")
     assert out["metrics"] == {"ACC": 0.95, "NMI": 0.475} and out["clusters_used"] == 2
     assert [c["chosen"] for c in out["selection"]] == [True, False]

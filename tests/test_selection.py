@@ -174,14 +174,17 @@ def test_the_selection_reads_no_labels(one_thread):
     }
     assert "selection" in a.phase_seconds_
     assert set(a.selection_.h_scores) == set(a.selection_.scores)
-    # the preset's criterion is the joint graph's; the first form's (mean over each view's
-    # graph) rides along; both computed here from the candidates' labels
+    # the preset's criterion: the joint graph's modularity plus the agreement; the joint
+    # graph's alone, the first form's (mean over each view's graph) and the agreement ride
+    # along; all computed here from the candidates' labels
     g, gs = joint_graph(views), view_graphs(views)
     for name, lab in a.selection_.candidates.items():
-        assert a.selection_.scores[name] == pytest.approx(modularity(g, lab))
-        want = np.mean([modularity(x, lab) for x in gs])
-        assert a.selection_.other_scores["graph"][name] == pytest.approx(want)
         others = [naive_nmi(lab, o) for n, o in a.selection_.candidates.items() if n != name]
+        want = modularity(g, lab) + np.mean(others)
+        assert a.selection_.scores[name] == pytest.approx(want)
+        assert a.selection_.other_scores["joint"][name] == pytest.approx(modularity(g, lab))
+        views_mean = np.mean([modularity(x, lab) for x in gs])
+        assert a.selection_.other_scores["graph"][name] == pytest.approx(views_mean)
         assert a.selection_.other_scores["agreement"][name] == pytest.approx(np.mean(others))
 
 

@@ -1123,7 +1123,7 @@ def _keep_cmmc_unless(margin: float) -> Rule:
 # The last two weigh how central a candidate is among the others (its agreement); they were
 # added after the joint graph's records were seen, so they are judged on runs made later.
 SELECTION_RULES: dict[str, Rule] = {
-    "joint graph (the preset)": _needs("joint_score")(
+    "joint graph (second form)": _needs("joint_score")(
         lambda cs: _best_score(cs, lambda c: c["joint_score"])
     ),
     "mean view modularity (first form)": _needs("graph_score")(
@@ -1143,7 +1143,7 @@ SELECTION_RULES: dict[str, Rule] = {
     "agreement": _needs("agreement_score")(
         lambda cs: _best_score(cs, lambda c: c["agreement_score"])
     ),
-    "joint graph + agreement": _needs("joint_score", "agreement_score")(
+    "joint graph + agreement (the preset)": _needs("joint_score", "agreement_score")(
         lambda cs: _best_score(cs, lambda c: c["joint_score"] + c["agreement_score"])
     ),
 }
