@@ -276,6 +276,28 @@ def test_robust_comparison_times_only_runs_of_the_same_cpu():
     assert report.cpu_machine(robust[0] | {"device": "cuda"}) is None
 
 
+def test_robust_comparison_leaves_out_the_time_of_runs_that_shared_the_cpu():
+    """On one AVX2 CPU: robust runs of 200 s alone and 5000 s beside another process; faithful
+    runs of 100 s alone and 1 s marked shared. Ratio 200 / 100 = 2.0 (a median over all four
+    robust runs would give (200 + 5000) / 2 / 100 = 26). With every robust run shared: no ratio."""
+
+    def run(experiment, variant, secs, shared=1):
+        return {"dataset": "Multi-COIL-10", "variant": variant, "seed": 0, "profile": "full",
+                "device": "cpu", "metrics": {"ACC": 0.7}, "clusters_used": 10, "n_clusters": 10,
+                "total_seconds": secs, "environment": AVX2 | {"concurrent_runs": shared},
+                "experiment": experiment}  # fmt: skip
+
+    robust = [run("beyond", "robust", 200)] * 2 + [run("beyond", "robust", 5000, shared=2)] * 2
+    faithful = [run("beyond_code", "code", 100), run("beyond_code", "code", 1, shared=2)]
+    baselines = [{"dataset": "Multi-COIL-10", "seed": 0, "profile": "full", "n_samples": 240,
+                  "baselines": {"kmeans": {"ACC": 0.7}}}]  # fmt: skip
+    out = report.robust_comparison(["Multi-COIL-10"], faithful, robust, baselines)
+    assert out.loc[0, "time robust / faithful (CPU)"] == pytest.approx(2.0)
+    alone = report.robust_comparison(["Multi-COIL-10"], faithful, robust[2:], baselines)
+    col = "time robust / faithful (CPU)"
+    assert col not in alone or pd.isna(alone.loc[0, col])
+
+
 def test_robust_comparison_times_a_robust_stand_in_only_where_robust_runs_are_missing():
     """Robust runs on AVX2 (400 s) with no faithful time there; a faithful stand-in (200 s) and
     a robust stand-in (300 s) on AVX-512: ratio 300 / 200 = 1.5 from AVX-512 alone. A robust

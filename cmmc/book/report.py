@@ -706,7 +706,13 @@ def _cpu_time_ratio(
     averaged over the machines weighted by their robust runs; and where the faithful seconds
     came from ("experiment/variant", joined by ", "; a robust stand-in's kind follows in
     parentheses). (None, "") when no machine has both. ``robust_stand_ins`` (robust runs made
-    only to be timed) count on a machine where ``robust`` has no run."""
+    only to be timed) count on a machine where ``robust`` has no run. A run that shared its CPU
+    with another (``environment.concurrent_runs`` above 1, as recorded or corrected by an
+    erratum) is not timed."""
+    robust, faithful, stand_ins, robust_stand_ins = (
+        [r for r in rs if ((r.get("environment") or {}).get("concurrent_runs") or 1) <= 1]
+        for rs in (robust, faithful, stand_ins, robust_stand_ins)
+    )
     ratios, weights, sources = [], [], []
     machines = {m for r in [*robust, *robust_stand_ins] if (m := cpu_machine(r))}
     for machine in sorted(machines, key=str):
