@@ -91,16 +91,8 @@ def select_line(results: Path) -> str:
     """Round two on the Beyond page: the select preset's ACC target so far (criterion
     "consensus": its own runs, and each joint run's choice made again), its earlier forms', and
     the held-out tally."""
-    own = [r for r in _records(results, "beyond_select") if r["variant"] == "consensus"]
-    done = {(r["dataset"], r["seed"]) for r in own}
-    joint = report.criterion_rows(
-        [r for r in _records(results, "beyond_select")
-         if r["variant"] == "joint" and (r["dataset"], r["seed"]) not in done]
-    )  # fmt: skip
-    rule = report.SELECTION_RULES["joint graph + agreement (the preset)"]
-    cons, cons_missed = _acc_target(
-        results, "beyond_select", "select", records=own + report.rechoose(joint, rule, "x")
-    )
+    preset = report.preset_runs(report.criterion_rows(_records(results, "beyond_select")))
+    cons, cons_missed = _acc_target(results, "beyond_select", "select", records=preset)
     second, second_missed = _acc_target(results, "beyond_select", "select", "joint")
     first, first_missed = _acc_target(results, "beyond_select", "select", "select")
     held = report.selection_rules(
@@ -121,7 +113,7 @@ def select_line(results: Path) -> str:
         "On held-out generated sets in three views, the choice is within 0.01 of the best "
         "candidate on "
         + (
-            f"{tally['joint graph + agreement (the preset)']} sets with this criterion and "
+            f"{tally[report.PRESET_RULE]} sets with this criterion and "
             f"{tally['joint graph (second form)']} with the modularity alone"
             if tally is not None
             else "(not yet measured)"

@@ -669,3 +669,23 @@ def test_rechoose_takes_the_rules_pick_and_never_shows_it_metrics():
 
     with pytest.raises(KeyError, match="metrics"):
         report.rechoose([rec], peeks, "x")
+
+
+def test_preset_runs_keep_own_runs_and_rechoose_joint_runs_without_one():
+    def cand(name, joint, agree, acc):
+        return {"candidate": name, "joint_score": joint, "agreement_score": agree,
+                "eligible": True, "chosen": False, "clusters_used": 3,
+                "metrics": {"ACC": acc}}  # fmt: skip
+
+    def rec(variant, seed, acc):
+        return {"experiment": "E", "dataset": "D", "seed": seed, "variant": variant,
+                "metrics": {"ACC": acc}, "clusters_used": 3,
+                "selection": [cand("cmmc", 0.3, 0.9, 0.95), cand("kmeans_concat", 0.5, 0.5, 0.6)]}  # fmt: skip
+
+    own, twin, alone = rec("consensus", 0, 0.95), rec("joint", 0, 0.6), rec("joint", 1, 0.6)
+    graph = rec("select", 2, 0.6)  # another form: neither the preset's nor re-chosen
+    out = report.preset_runs([twin, own, alone, graph])
+    assert out[0] is own and len(out) == 2  # seed 0 has its own run; seed 1 only a joint one
+    # seed 1: cmmc 0.3 + 0.9 = 1.2 against 1.0 -> cmmc, 0.95
+    assert out[1]["seed"] == 1 and out[1]["metrics"]["ACC"] == 0.95
+    assert out[1]["variant"] == "consensus" and out[1]["rechosen_from"] == "joint"

@@ -1195,6 +1195,31 @@ def criterion_rows(
     return out
 
 
+def _blind(sel: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run's candidates as a rule sees them: without their metrics, choice or labels."""
+    return [{k: v for k, v in c.items() if k not in ("metrics", "chosen", "labels")} for c in sel]
+
+
+#: The rule of :data:`SELECTION_RULES` that the select preset's criterion ("consensus") applies.
+PRESET_RULE = "joint graph + agreement (the preset)"
+
+
+def preset_runs(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The select preset's runs among ``rows`` (as :func:`criterion_rows` writes them): its own
+    (variant ``consensus``) and, for each experiment, data set and seed without one, the joint
+    variant's run with its choice made again by :data:`PRESET_RULE` (:func:`rechoose`; the same
+    training, so the same candidates).
+
+    Used by: book/beyond.md, scripts/readme_findings.py.
+    """
+    rows = list(rows)
+    own = [r for r in rows if r.get("variant") == "consensus"]
+    done = {(r["experiment"], r["dataset"], r["seed"]) for r in own}
+    joint = [r for r in rows if r.get("variant") == "joint"
+             and (r["experiment"], r["dataset"], r["seed"]) not in done]  # fmt: skip
+    return own + rechoose(joint, SELECTION_RULES[PRESET_RULE], "consensus")
+
+
 def rechoose(
     records: Iterable[Mapping[str, Any]], rule: Rule, variant: str
 ) -> list[dict[str, Any]]:
@@ -1211,8 +1236,7 @@ def rechoose(
         sel = r.get("selection")
         if not sel:
             continue
-        pick = rule([{k: v for k, v in c.items() if k not in ("metrics", "chosen", "labels")}
-                     for c in sel])  # fmt: skip
+        pick = rule(_blind(sel))
         if pick is None:
             continue
         got = next(c for c in sel if c["candidate"] == pick)
@@ -1253,8 +1277,7 @@ def selection_rules(
         if not sel:
             continue
         acc = {c["candidate"]: c["metrics"]["ACC"] for c in sel}
-        blind = [{k: v for k, v in c.items() if k not in ("metrics", "chosen", "labels")}
-                 for c in sel]  # fmt: skip
+        blind = _blind(sel)
         picks = {name: rule(blind) for name, rule in rules.items()}
         row = {name: np.nan if c is None else acc[c] for name, c in picks.items()}
         rows.append({"dataset": r["dataset"], **row, "oracle": max(acc.values())})
