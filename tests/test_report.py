@@ -377,6 +377,7 @@ def test_verdict_counts_counts_final_and_provisional_verdicts_apart():
     # reachable: all 5 but the one missed with all its seeds ("missed so far" can still change)
     assert report.verdict_counts(cmp) == {
         "met": 2, "measured": 3, "partial": 1, "sets": 5, "reachable": 4,
+        "met_so_far": 2, "judged": 4,
     }  # fmt: skip
 
 
@@ -390,6 +391,12 @@ def test_verdict_sentence_is_final_only_when_every_set_has_all_its_seeds():
     text = report.verdict_sentence(open_, goal=12)
     assert "met on 5 of the 12 sets" in text and "2 more" in text
     assert "at most 7 of the 14 sets" in text
+    # nothing final yet: the sentence gives the provisional count alone, never "0 of the 0"
+    none = {"met": 0, "measured": 0, "partial": 13, "sets": 14, "reachable": 14,
+            "met_so_far": 10, "judged": 13}  # fmt: skip
+    text = report.verdict_sentence(none, goal=12)
+    assert "met on 10 of the 13 sets measured" in text and "not final" in text
+    assert "0 of the 0" not in text and "at least 12 of the 14" in text
 
 
 def fast_record(dataset, variant, seed, acc, seconds, **env):

@@ -827,9 +827,10 @@ def robust_comparison(
 
 def verdict_counts(cmp: pd.DataFrame) -> dict[str, int]:
     """Count the verdicts of a :func:`robust_comparison` table: ``met`` and ``measured`` (sets
-    with every planned seed), ``partial`` (a provisional "... so far"), ``sets`` (all rows) and
+    with every planned seed), ``partial`` (a provisional "... so far"), ``sets`` (all rows),
     ``reachable``: the most sets that can still meet the target, whatever the remaining seeds
-    give (every set but those already missed with all their seeds).
+    give (every set but those already missed with all their seeds), and ``met_so_far`` of
+    ``judged`` (final and provisional verdicts together).
 
     Used by: book/beyond.md, intro.md.
     """
@@ -840,18 +841,27 @@ def verdict_counts(cmp: pd.DataFrame) -> dict[str, int]:
         "partial": int(verdicts.str.endswith("so far").sum()),
         "sets": len(cmp),
         "reachable": len(cmp) - int((verdicts == "missed").sum()),
+        "met_so_far": int(verdicts.str.startswith("met").sum()),
+        "judged": int((verdicts != "not yet measured").sum()),
     }
 
 
 def verdict_sentence(counts: Mapping[str, int], goal: int) -> str:
     """How far the ACC target is met, in words, from :func:`verdict_counts`: final once every
-    set has all its seeds; else the sets measured so far and the most that can still meet it.
+    set has all its seeds; else the sets measured so far and the most that can still meet it;
+    where no set is final, only the provisional count.
 
     Used by: book/beyond.md, intro.md.
     """
     met, measured, sets = counts["met"], counts["measured"], counts["sets"]
     if measured == sets:
         return f"met on {met} of the {sets} sets, each with all its seeds (goal: at least {goal})"
+    if measured == 0:  # nothing final: say only where it stands
+        return (
+            f"not final, since no set has all its planned seeds yet; on the seeds so far it is "
+            f"met on {counts['met_so_far']} of the {counts['judged']} sets measured (goal: at "
+            f"least {goal} of the {sets})"
+        )
     return (
         f"met on {met} of the {measured} sets whose seeds are all recorded; {counts['partial']} "
         f"more have part of their seeds, so at most {counts['reachable']} of the {sets} sets can "
