@@ -49,10 +49,10 @@ def _acc_target(
     name: str,
     variant: str | None = None,
     records: list[dict] | None = None,
-) -> tuple[str, list[str]]:
+) -> tuple[str, list[str], dict[str, int]]:
     """An experiment's ACC target of the Beyond page (within 0.01 of the better of the faithful
     form and the best simple baseline), for one ``variant`` or all (or for ``records`` given):
-    the verdict sentence, and the sets that missed it (finally or so far)."""
+    the verdict sentence, the sets that missed it (finally or so far), and the counts."""
     sets = experiments.experiment_specs()[experiment]["datasets"]
     main = _records(results, "main")
     if records is None:
@@ -67,20 +67,21 @@ def _acc_target(
     )
     verdicts = cmp[[c for c in cmp.columns if c.startswith("target")][0]]
     missed = list(cmp[verdicts.str.startswith("missed")].dataset)
-    met, measured = (
-        int(verdicts.str.startswith("met").sum()),
-        int((verdicts != "not yet measured").sum()),
-    )
     counts = report.verdict_counts(cmp)
     sentence = report.verdict_sentence(counts, goal=12)
     if counts["partial"] and counts["measured"]:  # some final, some not: where it stands now
-        sentence += f"; met so far on {met} of the {measured} sets measured"
-    return sentence, missed
+        sentence += f"; met so far on {_measured(counts)}"
+    return sentence, missed, counts
+
+
+def _measured(counts: dict[str, int]) -> str:
+    """The provisional count of :func:`report.verdict_counts`, in words."""
+    return f"{counts['met_so_far']} of the {counts['judged']} sets measured"
 
 
 def beyond_line(results: Path) -> str:
     """The robust preset's ACC target, in the words of the Beyond page."""
-    sentence, missed = _acc_target(results, "beyond", "robust")
+    sentence, missed, _ = _acc_target(results, "beyond", "robust")
     return (
         'Beyond the paper ([page](book/beyond.md)): `preset="robust"` within 0.01 of the '
         f"better of the faithful form and the best simple baseline is {sentence}"
@@ -93,9 +94,9 @@ def select_line(results: Path) -> str:
     "consensus": its own runs, and each joint run's choice made again), its earlier forms', and
     the held-out tally."""
     preset = report.preset_runs(report.criterion_rows(_records(results, "beyond_select")))
-    cons, cons_missed = _acc_target(results, "beyond_select", "select", records=preset)
-    second, second_missed = _acc_target(results, "beyond_select", "select", "joint")
-    first, first_missed = _acc_target(results, "beyond_select", "select", "select")
+    cons, cons_missed, _ = _acc_target(results, "beyond_select", "select", records=preset)
+    *_, second = _acc_target(results, "beyond_select", "select", "joint")
+    *_, first = _acc_target(results, "beyond_select", "select", "select")
     held = report.selection_rules(
         report.criterion_rows(
             [r for r in _records(results, "beyond_select_heldout") if r["variant"] == "joint"]
@@ -121,14 +122,9 @@ def select_line(results: Path) -> str:
             if tally is not None
             else "(not yet measured)"
         )  # fmt: skip
-        + f". Earlier forms: modularity alone, {_short(second)}; modularity averaged over the "
-        f"views, {_short(first)}."
+        + f". Earlier forms: modularity alone, met on {_measured(second)}; modularity "
+        f"averaged over the views, met on {_measured(first)}."
     )
-
-
-def _short(sentence: str) -> str:
-    """A verdict sentence cut to its count ("met on 9 of the 13 sets measured")."""
-    return sentence[sentence.index("met on") :].split(" (goal")[0]
 
 
 def fastpath_line(results: Path) -> str:
