@@ -66,12 +66,13 @@ def _acc_target(
         name=name,
     )
     verdicts = cmp[[c for c in cmp.columns if c.startswith("target")][0]]
-    missed = list(cmp[verdicts.str.startswith("missed")].dataset)
+    missed = [  # a provisional miss says so
+        ds + (" (so far)" if v.endswith("so far") else "")
+        for ds, v in zip(cmp.dataset, verdicts, strict=True)
+        if v.startswith("missed")
+    ]
     counts = report.verdict_counts(cmp)
-    sentence = report.verdict_sentence(counts, goal=12)
-    if counts["partial"] and counts["measured"]:  # some final, some not: where it stands now
-        sentence += f"; met so far on {_measured(counts)}"
-    return sentence, missed, counts
+    return report.verdict_sentence(counts, goal=12), missed, counts
 
 
 def _measured(counts: dict[str, int]) -> str:
@@ -105,7 +106,7 @@ def select_line(results: Path) -> str:
     tally = held.iloc[-1] if len(held) else None
 
     def missed(sets: list[str]) -> str:
-        return f"; missed so far on {', '.join(sets)}" if sets else ""
+        return f"; missed on {', '.join(sets)}" if sets else ""
 
     seeds = sorted({len({r["seed"] for r in preset if r["dataset"] == ds})
                     for ds in {r["dataset"] for r in preset}})  # fmt: skip

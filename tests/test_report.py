@@ -383,13 +383,16 @@ def test_verdict_counts_counts_final_and_provisional_verdicts_apart():
 
 def test_verdict_sentence_is_final_only_when_every_set_has_all_its_seeds():
     """Counts written by hand: all 14 measured (final: no bound), and 12 of 14 (a bound)."""
-    final = {"met": 7, "measured": 14, "partial": 0, "sets": 14, "reachable": 7}
+    final = {"met": 7, "measured": 14, "partial": 0, "sets": 14, "reachable": 7,
+             "met_so_far": 7, "judged": 14}  # fmt: skip
     text = report.verdict_sentence(final, goal=12)
     assert text.startswith("met on 7 of the 14 sets")
     assert "at most" not in text and "goal: at least 12" in text
-    open_ = {"met": 5, "measured": 12, "partial": 2, "sets": 14, "reachable": 7}
+    open_ = {"met": 5, "measured": 12, "partial": 2, "sets": 14, "reachable": 7,
+             "met_so_far": 6, "judged": 14}  # fmt: skip
     text = report.verdict_sentence(open_, goal=12)
     assert "met on 5 of the 12 sets" in text and "2 more" in text
+    assert "met so far on 1 of them" in text  # 6 met or met so far, 5 of them final
     assert "at most 7 of the 14 sets" in text
     # nothing final yet: the sentence gives the provisional count alone, never "0 of the 0"
     none = {"met": 0, "measured": 0, "partial": 13, "sets": 14, "reachable": 14,

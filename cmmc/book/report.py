@@ -848,8 +848,8 @@ def verdict_counts(cmp: pd.DataFrame) -> dict[str, int]:
 
 def verdict_sentence(counts: Mapping[str, int], goal: int) -> str:
     """How far the ACC target is met, in words, from :func:`verdict_counts`: final once every
-    set has all its seeds; else the sets measured so far and the most that can still meet it;
-    where no set is final, only the provisional count.
+    set has all its seeds; else the final count, the provisional one of the other sets and the
+    most sets that can still meet it; where no set is final, only the provisional count.
 
     Used by: book/beyond.md, intro.md.
     """
@@ -862,10 +862,12 @@ def verdict_sentence(counts: Mapping[str, int], goal: int) -> str:
             f"met on {counts['met_so_far']} of the {counts['judged']} sets measured (goal: at "
             f"least {goal} of the {sets})"
         )
+    partial = counts["partial"]
     return (
-        f"met on {met} of the {measured} sets whose seeds are all recorded; {counts['partial']} "
-        f"more have part of their seeds, so at most {counts['reachable']} of the {sets} sets can "
-        f"meet it whatever the remaining seeds give (goal: at least {goal})"
+        f"met on {met} of the {measured} sets whose seeds are all recorded; {partial} more have "
+        f"part of their seeds (met so far on {counts['met_so_far'] - met} of them), so at most "
+        f"{counts['reachable']} of the {sets} sets can meet it whatever the remaining seeds give "
+        f"(goal: at least {goal})"
     )
 
 
