@@ -273,6 +273,9 @@ def test_robust_comparison_times_only_runs_of_the_same_cpu():
                                    faithful_time=timed)  # fmt: skip
     assert out.loc[0, "time robust / faithful (CPU)"] == pytest.approx(2.0)
     assert out.loc[0, "faithful time from"] == "main/paper, beyond_code/code"
+    assert out.loc[0, "_time by CPU"] == (
+        "AMD EPYC (AVX2): 2.00x (2 runs); AMD EPYC (AVX512): 2.00x (1 run)"
+    )
     assert report.cpu_machine(robust[0] | {"device": "cuda"}) is None
 
 
@@ -325,6 +328,7 @@ def test_robust_comparison_times_a_robust_stand_in_only_where_robust_runs_are_mi
     assert (
         out.loc[0, "faithful time from"] == "beyond_time/code (robust: beyond_time_robust/robust)"
     )
+    assert out.loc[0, "_time by CPU"] == "AMD EPYC (AVX512): 1.50x (1 run)"  # AVX2 has no ratio
     assert out.loc[0, "_robust"] == pytest.approx(0.8)
     without = report.robust_comparison(["Multi-COIL-10"], faithful, robust, baselines,
                                        faithful_time=timed)  # fmt: skip

@@ -699,13 +699,15 @@ def _cpu_time_ratio(
     faithful: Sequence[Mapping[str, Any]],
     stand_ins: Sequence[Mapping[str, Any]],
     robust_stand_ins: Sequence[Mapping[str, Any]] = (),
-) -> tuple[float | None, str]:
+) -> tuple[float | None, str, str]:
     """Median robust seconds over median faithful seconds, machine by machine
     (:func:`cpu_machine`; the median, so that one run slowed by another process on a shared
     machine does not decide),
-    averaged over the machines weighted by their robust runs; and where the faithful seconds
+    averaged over the machines weighted by their robust runs; where the faithful seconds
     came from ("experiment/variant", joined by ", "; a robust stand-in's kind follows in
-    parentheses). (None, "") when no machine has both. ``robust_stand_ins`` (robust runs made
+    parentheses); and the ratio of each machine ("CPU (vector unit): 2.00x (3 runs)", joined by
+    "; "), since the average hides a ratio that differs by CPU. (None, "", "") when no machine
+    has both. ``robust_stand_ins`` (robust runs made
     only to be timed) count on a machine where ``robust`` has no run. A run that shared its CPU
     with another (``environment.concurrent_runs`` above 1, as recorded or corrected by an
     erratum) is not timed."""
@@ -713,7 +715,7 @@ def _cpu_time_ratio(
         [r for r in rs if ((r.get("environment") or {}).get("concurrent_runs") or 1) <= 1]
         for rs in (robust, faithful, stand_ins, robust_stand_ins)
     )
-    ratios, weights, sources = [], [], []
+    ratios, weights, sources, each = [], [], [], []
     machines = {m for r in [*robust, *robust_stand_ins] if (m := cpu_machine(r))}
     for machine in sorted(machines, key=str):
         mine = [r for r in robust if cpu_machine(r) == machine]
@@ -730,9 +732,12 @@ def _cpu_time_ratio(
             ratios.append(seconds / np.median([r["total_seconds"] for r in ref]))
             weights.append(len(mine))
             sources += ["/".join(map(str, _kind(r))) + mine_from for r in ref]
+            runs = f"{len(mine)} run{'s' if len(mine) > 1 else ''}"
+            each.append(f"{machine[0]} ({machine[1]}): {ratios[-1]:.2f}x ({runs})")
     if not ratios:
-        return None, ""
-    return float(np.average(ratios, weights=weights)), ", ".join(dict.fromkeys(sources))
+        return None, "", ""
+    average = float(np.average(ratios, weights=weights))
+    return average, ", ".join(dict.fromkeys(sources)), "; ".join(each)
 
 
 def robust_comparison(
@@ -759,7 +764,8 @@ def robust_comparison(
     first kind (experiment/variant) listed. ``robust_time``: robust runs made only to be timed,
     likewise used only on a machine where the ``robust`` records have no CPU run (never in ACC).
 
-    Columns starting with ``_`` hold unrounded values (``_faithful``, ``_robust``, ``_base``).
+    Columns starting with ``_`` hold unrounded values (``_faithful``, ``_robust``, ``_base``)
+    and the time ratio of each CPU (``_time by CPU``), for the text.
     ``name``: what the columns call the configuration of ``robust`` (e.g. "select"; its
     unrounded column is then ``_select``).
 
@@ -795,7 +801,7 @@ def robust_comparison(
                       if r["dataset"] == ds and "clusters_used" in r]  # fmt: skip
             if shares:  # records made before clusters_used was recorded have none
                 row[f"{col}: min share of K used"] = round(min(shares), 2)
-        ratio, source = _cpu_time_ratio(
+        ratio, source, by_cpu = _cpu_time_ratio(
             [r for r in robust if r["dataset"] == ds],
             [r for r in faithful if r["dataset"] == ds],
             [r for r in timed if r["dataset"] == ds],
@@ -804,6 +810,7 @@ def robust_comparison(
         if ratio is not None:
             row[f"time {name} / faithful (CPU)"] = round(ratio, 2)
             row["faithful time from"] = source
+            row["_time by CPU"] = by_cpu
         rows.append(row)
     out = pd.DataFrame(rows)
     for col in ("_faithful", f"_{name}", "_base"):
