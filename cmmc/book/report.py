@@ -813,7 +813,7 @@ def robust_comparison(
             row["_time by CPU"] = by_cpu
         rows.append(row)
     out = pd.DataFrame(rows)
-    for col in ("_faithful", f"_{name}", "_base"):
+    for col in ("_faithful", f"_{name}", "_base", "_time by CPU"):
         if col not in out:
             out[col] = np.nan
 
