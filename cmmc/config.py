@@ -114,8 +114,10 @@ class Config:
     fused_adam: bool = False  # one fused Adam kernel per step (faster; rounds differently)
     # Beyond the official code (0 / 1.0 keep it): a set too small for min_batches batches of
     # batch_size per epoch gets smaller batches (N // min_batches), so that a phase's number of
-    # gradient steps does not shrink with N; the entropy term's weight.
+    # gradient steps does not shrink with N (False below: not in pre-training, whose extra
+    # steps cost the most time and only rebuild the views); the entropy term's weight.
     min_batches: int = 0
+    min_batches_pretrain: bool = True
     entropy_weight: float = 1.0
     # "kmeans": the code's k-means on each view's h; "spectral": one spectral clustering (kNN
     # graph) of all views' h side by side, the same pseudo labels for every view
@@ -181,11 +183,12 @@ class Config:
         """Plain-JSON form of every field (tuples become lists)."""
         return {k: plain(v) for k, v in dataclasses.asdict(self).items()}
 
-    def batch_for(self, n_samples: int) -> int:
+    def batch_for(self, n_samples: int, pretrain: bool = False) -> int:
         """Mini-batch size on a set of ``n_samples``: ``batch_size``, at most N, and at most
-        N // ``min_batches`` when that is set (never below one sample)."""
+        N // ``min_batches`` when that is set (never below one sample); in pre-training
+        (``pretrain``) only where ``min_batches_pretrain``."""
         batch = min(self.batch_size, n_samples)
-        if self.min_batches:
+        if self.min_batches and (self.min_batches_pretrain or not pretrain):
             batch = min(batch, max(1, n_samples // self.min_batches))
         return batch
 

@@ -80,6 +80,7 @@ class CMMC(ClusterMixin, BaseEstimator):
         precision: str | None = None,
         fused_adam: bool | None = None,
         min_batches: int | None = None,
+        min_batches_pretrain: bool | None = None,
         entropy_weight: float | None = None,
         pseudo_labels: str | None = None,
         selection: str | None = None,
@@ -110,6 +111,7 @@ class CMMC(ClusterMixin, BaseEstimator):
         self.precision = precision
         self.fused_adam = fused_adam
         self.min_batches = min_batches
+        self.min_batches_pretrain = min_batches_pretrain
         self.entropy_weight = entropy_weight
         self.pseudo_labels = pseudo_labels
         self.selection = selection

@@ -149,6 +149,7 @@ class MemberConfigs:
     def _derive(self) -> None:
         """What follows from the configs: the batch size and the members' temperatures."""
         self.batch = self.config.batch_for(self.n)  # at most N: drop_last would leave no batch
+        self.pretrain_batch = self.config.batch_for(self.n, pretrain=True)
         # Per-member temperatures (M-vectors), or None where all members share the config's:
         # shared ones stay Python floats, exactly the single run's arithmetic.
         taus = []

@@ -32,7 +32,8 @@ PHASES = ("pretrain", "contrastive", "finetune")
 # seed and the device). Every Config field is named once (tests/test_batched.py checks it).
 _PHASE_FIELDS = {
     "pretrain": ("pretrain_epochs", "batch_size", "lr", "low_dim", "high_dim", "hidden", "recon_form",
-                 "precision", "fused_adam", "min_batches", "eval_every"),  # eval: history
+                 "precision", "fused_adam", "min_batches", "min_batches_pretrain",
+                 "eval_every"),  # eval: history
     "contrastive": ("contrastive_epochs", "tau_f", "tau_l", "losses", "entropy_form",
                     "entropy_weight"),
     "finetune": ("finetune_epochs", "kmeans_restarts", "finetune_form", "pseudo_labels",

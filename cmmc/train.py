@@ -198,16 +198,17 @@ class Trainer(MemberConfigs, Checkpoints):
         return read_out(self.embed()["q"])
 
     # -- the loop ------------------------------------------------------------------------------
-    def _shuffled(self) -> Iterator[list[torch.Tensor]]:
-        """Mini-batches of a fresh permutation per member (drop_last, as the official DataLoader);
-        (M x) B x D per view."""
+    def _shuffled(self, batch: int | None = None) -> Iterator[list[torch.Tensor]]:
+        """Mini-batches of ``batch`` samples (default: the contrastive phase's) of a fresh
+        permutation per member (drop_last, as the official DataLoader); (M x) B x D per view."""
+        batch = batch or self.batch
         perms = torch.stack(
             [torch.randperm(self.n, generator=g, device=self.device) for g in self.gens]
         )
         if not self.stacked:
             perms = perms[0]
-        for b in range(self.n // self.batch):
-            idx = perms[..., b * self.batch : (b + 1) * self.batch]
+        for b in range(self.n // batch):
+            idx = perms[..., b * batch : (b + 1) * batch]
             yield [x[idx] for x in self.xs]
 
     def _whole_set(self) -> Iterator[list[torch.Tensor]]:
@@ -218,7 +219,7 @@ class Trainer(MemberConfigs, Checkpoints):
         cfg = self.config
         if name == "pretrain":
             terms = self._terms(("reconstruction",), (None, None))
-            return cfg.pretrain_epochs, self._shuffled, terms
+            return cfg.pretrain_epochs, lambda: self._shuffled(self.pretrain_batch), terms
         if name == "contrastive":
             epochs = cfg.contrastive_epochs if cfg.losses else 0
             return epochs, self._shuffled, self._terms(tuple(cfg.losses), self.taus)

@@ -33,6 +33,21 @@ def test_min_batches_gives_that_many_steps_per_epoch():
     assert tr.batch == 10 and steps == {5}  # 50 samples in batches of 10: five Adam steps
 
 
+@pytest.mark.parametrize(("in_pretrain", "pretrain_steps"), [(True, 5), (False, 1)])
+def test_min_batches_pretrain_keeps_the_code_batches_in_pretraining(in_pretrain, pretrain_steps):
+    """50 samples, batch 32: the code's one step per epoch; min_batches=5 makes five (batches of
+    10) in the phases it applies to. Counted as Adam steps: 2 pre-training epochs, then 1
+    contrastive epoch (always five steps)."""
+    rng = np.random.default_rng(0)
+    views = [rng.normal(size=(50, 4)).astype(np.float32) for _ in range(2)]
+    cfg = make_config(None, "quick", pretrain_epochs=2, contrastive_epochs=1, batch_size=32,
+                      min_batches=5, min_batches_pretrain=in_pretrain)  # fmt: skip
+    tr = Trainer.for_data(views, None, 2, cfg, 0, progress=False).fit(until="pretrain")
+    assert {int(s["step"]) for s in tr.opt.state.values()} == {2 * pretrain_steps}
+    tr.fit(until="contrastive")  # the heads of z -> h, q first step here; the encoders go on
+    assert {int(s["step"]) for s in tr.opt.state.values()} == {2 * pretrain_steps + 5, 5}
+
+
 def test_entropy_weight_scales_the_term():
     g = torch.Generator().manual_seed(0)
     qs = [torch.softmax(torch.randn(12, 4, generator=g, dtype=torch.float64), 1) for _ in "ab"]

@@ -41,6 +41,7 @@ RECORD_VERSION = 2
 V1_LATER_FIELDS: dict[str, Any] = {
     "fused_adam": False,
     "min_batches": 0,
+    "min_batches_pretrain": True,
     "entropy_weight": 1.0,
     "pseudo_labels": "kmeans",
     "selection": "none",
