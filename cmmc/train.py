@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -198,10 +199,9 @@ class Trainer(MemberConfigs, Checkpoints):
         return read_out(self.embed()["q"])
 
     # -- the loop ------------------------------------------------------------------------------
-    def _shuffled(self, batch: int | None = None) -> Iterator[list[torch.Tensor]]:
-        """Mini-batches of ``batch`` samples (default: the contrastive phase's) of a fresh
-        permutation per member (drop_last, as the official DataLoader); (M x) B x D per view."""
-        batch = batch or self.batch
+    def _shuffled(self, batch: int) -> Iterator[list[torch.Tensor]]:
+        """Mini-batches of ``batch`` samples of a fresh permutation per member (drop_last, as the
+        official DataLoader); (M x) B x D per view."""
         perms = torch.stack(
             [torch.randperm(self.n, generator=g, device=self.device) for g in self.gens]
         )
@@ -219,10 +219,14 @@ class Trainer(MemberConfigs, Checkpoints):
         cfg = self.config
         if name == "pretrain":
             terms = self._terms(("reconstruction",), (None, None))
-            return cfg.pretrain_epochs, lambda: self._shuffled(self.pretrain_batch), terms
+            return cfg.pretrain_epochs, partial(self._shuffled, self.pretrain_batch), terms
         if name == "contrastive":
             epochs = cfg.contrastive_epochs if cfg.losses else 0
-            return epochs, self._shuffled, self._terms(tuple(cfg.losses), self.taus)
+            return (
+                epochs,
+                partial(self._shuffled, self.batch),
+                self._terms(tuple(cfg.losses), self.taus),
+            )
         if name == "finetune":
             return cfg.finetune_epochs, self._whole_set, self._finetune_terms
         raise ValueError(f"unknown phase {name!r}; known: {list(PHASES)}")
