@@ -43,6 +43,7 @@ __all__ = [
     "GRAPHS",
     "agreement_scores",
     "candidate_partitions",
+    "ensemble_partition",
     "joint_graph",
     "knn_graph",
     "modularity",
@@ -134,6 +135,29 @@ def agreement_scores(candidates: dict[str, np.ndarray]) -> dict[str, float]:
         c: float(np.mean([pair.get((c, o), pair.get((o, c))) for o in names if o != c]))
         for c in names
     }
+
+
+def ensemble_partition(candidates: dict[str, np.ndarray], n_clusters: int, seed: int) -> np.ndarray:
+    """A cluster ensemble of the candidate partitions (Fern and Brodley 2004, "HBGF"): the
+    bipartite graph of samples and the candidates' clusters, each cluster's column scaled by
+    one over the root of its size, so that the samples' Gram matrix is the co-association
+    (the number of candidates putting two samples together, each vote divided by the root of
+    its cluster's size); its top ``n_clusters`` left singular vectors, rows scaled to unit
+    length, then k-means (n_init=10, ``seed``). A candidate built from the others, not a
+    choice among them: it agrees with every candidate by construction. Reads no labels."""
+    from sklearn.cluster import KMeans
+
+    labs = [np.unique(np.asarray(lab), return_inverse=True)[1] for lab in candidates.values()]
+    if not labs:
+        raise ValueError("ensemble_partition needs at least one candidate partition")
+    n = labs[0].size
+    if any(lab.size != n for lab in labs):
+        raise ValueError(f"candidates of different lengths: {[lab.size for lab in labs]}")
+    b = np.concatenate([np.eye(lab.max() + 1)[lab] for lab in labs], axis=1)  # N x (sum of K)
+    b /= np.sqrt(b.sum(axis=0))
+    u = np.linalg.svd(b, full_matrices=False)[0][:, :n_clusters]
+    u /= np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
+    return KMeans(n_clusters, n_init=10, random_state=seed).fit_predict(u).astype(np.int64)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from cmmc.config import Config, make_config
 from cmmc.estimator import CMMC
 from cmmc.selection import (
     agreement_scores,
+    ensemble_partition,
     joint_graph,
     knn_graph,
     modularity,
@@ -106,6 +107,46 @@ def test_agreement_is_the_mean_nmi_with_the_other_candidates():
     same = agreement_scores({"p": np.array([0, 0, 1, 1]), "q": np.array([5, 5, 2, 2])})
     assert same == pytest.approx({"p": 1.0, "q": 1.0})
     assert agreement_scores({"only": np.zeros(4, int)}) == {"only": 0.0}
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> float:
+    """Share of sample pairs on which two partitions agree (together in both or apart in both)."""
+    pairs = [(i, j) for i in range(len(a)) for j in range(i + 1, len(a))]
+    return float(np.mean([(a[i] == a[j]) == (b[i] == b[j]) for i, j in pairs]))
+
+
+def naive_coassociation(labels: list[np.ndarray]) -> np.ndarray:
+    """W_ij = sum over partitions of [i, j in one cluster] / that cluster's size, pair by pair."""
+    n = len(labels[0])
+    w = np.zeros((n, n))
+    for lab in labels:
+        size = {c: int((lab == c).sum()) for c in set(lab.tolist())}
+        for i in range(n):
+            for j in range(n):
+                if lab[i] == lab[j]:
+                    w[i, j] += 1.0 / size[lab[i]]
+    return w
+
+
+def test_ensemble_embeds_the_coassociation_and_recovers_a_shared_partition():
+    rng = np.random.default_rng(5)
+    truth = np.repeat(np.arange(4), 15)
+    noisy = [np.where(rng.random(60) < 0.8, truth, rng.integers(0, 4, 60)) for _ in range(3)]
+    cands = {f"c{i}": lab for i, lab in enumerate([truth, *noisy])}
+    # its top-4 eigenvectors span the space the ensemble clusters (projections equal)
+    w = naive_coassociation(list(cands.values()))
+    top = np.linalg.eigh(w)[1][:, -4:]
+    b = np.concatenate([np.eye(4)[lab] for lab in cands.values()], 1)
+    u = np.linalg.svd(b / np.sqrt(b.sum(0)), full_matrices=False)[0][:, :4]
+    np.testing.assert_allclose(u @ u.T, top @ top.T, atol=1e-8)
+    got = ensemble_partition(cands, 4, seed=0)
+    # the majority's partition, closer to the truth than any noisy candidate
+    assert same_partition(got, truth) > max(same_partition(lab, truth) for lab in noisy)
+    # candidates that all agree (under other names) give back their partition
+    same = ensemble_partition({"p": truth, "q": 3 - truth}, 4, seed=1)
+    assert same_partition(same, truth) == 1.0
+    with pytest.raises(ValueError, match="different lengths"):
+        ensemble_partition({"p": truth, "q": truth[:-1]}, 4, seed=0)
 
 
 def test_select_takes_the_best_eligible_candidate_by_brute_force():

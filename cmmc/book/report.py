@@ -1350,6 +1350,47 @@ def add_criterion_scores(
     return out
 
 
+def ensemble_runs(
+    records: Iterable[Mapping[str, Any]],
+    data_of: Callable[[str, int], Any],
+) -> pd.DataFrame:
+    """Per select run whose candidates keep their packed labels: the cluster ensemble of its
+    candidates (:func:`cmmc.selection.ensemble_partition`, the run's seed), and the preset's
+    criterion (joint graph + agreement, :func:`cmmc.selection.select`) applied to the run's
+    candidates and again with the ensemble added; each with its ACC and clusters used.
+    ``data_of(dataset, seed)`` gives the run's :class:`~cmmc.data.Dataset`: its views build the
+    graph, its labels score the partitions afterwards and take no part in the choice.
+
+    Used by: book/beyond.md.
+    """
+    from cmmc.experiments.kinds import unpack_labels
+    from cmmc.metrics import evaluate
+    from cmmc.selection import agreement_scores, ensemble_partition, joint_graph, select
+
+    graphs: dict[tuple[str, int], Any] = {}
+    rows = []
+    for r in records:
+        sel = r.get("selection") or []
+        if not sel or any("labels" not in c for c in sel):
+            continue
+        ds = data_of(r["dataset"], r["seed"])
+        run = (r["dataset"], r["seed"])
+        if run not in graphs:
+            graphs[run] = joint_graph(ds.views)
+        k = int(r["n_clusters"])
+        cands = {c["candidate"]: unpack_labels(c["labels"]) for c in sel}
+        with_ens = {**cands, "ensemble": ensemble_partition(cands, k, int(r["seed"]))}
+        row = {"dataset": r["dataset"], "seed": r["seed"], "K": k}
+        for name, cs in (("preset", cands), ("with ensemble", with_ens)):
+            got = select(ds.views, cs, k, graphs=[graphs[run]], agreement=agreement_scores(cs))
+            row[name] = evaluate(ds.labels, got.labels)["ACC"]
+            row[f"{name}: choice"] = got.chosen
+            row[f"{name}: used"] = len(np.unique(got.labels)) / k
+        row["ensemble alone"] = evaluate(ds.labels, with_ens["ensemble"])["ACC"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def selection_summary(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Per data set of records with a ``selection`` (``Config.selection="graph"``): seeds, what
     the label-free choice took (candidate x times, most often first), the mean ACC of the
