@@ -118,6 +118,10 @@ class Config:
     # steps cost the most time and only rebuild the views); the entropy term's weight.
     min_batches: int = 0
     min_batches_pretrain: bool = True
+    # In pre-training, min_batches gives at most this many times the code's batches per epoch
+    # (N // batch_size, at least one), so that the smallest sets' extra steps stay within a
+    # time budget; 0: no limit.
+    pretrain_batch_factor: int = 0
     entropy_weight: float = 1.0
     # "kmeans": the code's k-means on each view's h; "spectral": one spectral clustering (kNN
     # graph) of all views' h side by side, the same pseudo labels for every view
@@ -135,7 +139,7 @@ class Config:
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden layer sizes must be >= 1, got {list(self.hidden)}")
         for name in ("pretrain_epochs", "contrastive_epochs", "finetune_epochs", "eval_every",
-                     "min_batches", "entropy_weight"):  # fmt: skip
+                     "min_batches", "pretrain_batch_factor", "entropy_weight"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("batch_size", "low_dim", "high_dim", "kmeans_restarts"):
@@ -186,10 +190,14 @@ class Config:
     def batch_for(self, n_samples: int, pretrain: bool = False) -> int:
         """Mini-batch size on a set of ``n_samples``: ``batch_size``, at most N, and at most
         N // ``min_batches`` when that is set (never below one sample); in pre-training
-        (``pretrain``) only where ``min_batches_pretrain``."""
+        (``pretrain``) only where ``min_batches_pretrain``, and with at most
+        ``pretrain_batch_factor`` times the code's batches per epoch where that is set."""
         batch = min(self.batch_size, n_samples)
         if self.min_batches and (self.min_batches_pretrain or not pretrain):
-            batch = min(batch, max(1, n_samples // self.min_batches))
+            batches = self.min_batches
+            if pretrain and self.pretrain_batch_factor:
+                batches = min(batches, self.pretrain_batch_factor * (n_samples // batch))
+            batch = min(batch, max(1, n_samples // batches))
         return batch
 
     def replace(self, **changes: Any) -> Config:

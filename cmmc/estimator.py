@@ -81,6 +81,7 @@ class CMMC(ClusterMixin, BaseEstimator):
         fused_adam: bool | None = None,
         min_batches: int | None = None,
         min_batches_pretrain: bool | None = None,
+        pretrain_batch_factor: int | None = None,
         entropy_weight: float | None = None,
         pseudo_labels: str | None = None,
         selection: str | None = None,
@@ -112,6 +113,7 @@ class CMMC(ClusterMixin, BaseEstimator):
         self.fused_adam = fused_adam
         self.min_batches = min_batches
         self.min_batches_pretrain = min_batches_pretrain
+        self.pretrain_batch_factor = pretrain_batch_factor
         self.entropy_weight = entropy_weight
         self.pseudo_labels = pseudo_labels
         self.selection = selection

@@ -33,7 +33,7 @@ PHASES = ("pretrain", "contrastive", "finetune")
 _PHASE_FIELDS = {
     "pretrain": ("pretrain_epochs", "batch_size", "lr", "low_dim", "high_dim", "hidden", "recon_form",
                  "precision", "fused_adam", "min_batches", "min_batches_pretrain",
-                 "eval_every"),  # eval: history
+                 "pretrain_batch_factor", "eval_every"),  # eval: history
     "contrastive": ("contrastive_epochs", "tau_f", "tau_l", "losses", "entropy_form",
                     "entropy_weight"),
     "finetune": ("finetune_epochs", "kmeans_restarts", "finetune_form", "pseudo_labels",

@@ -48,6 +48,26 @@ def test_min_batches_pretrain_keeps_the_code_batches_in_pretraining(in_pretrain,
     assert {int(s["step"]) for s in tr.opt.state.values()} == {2 * pretrain_steps + 5, 5}
 
 
+@pytest.mark.parametrize(("factor", "pretrain_steps"), [(0, 5), (2, 2), (10, 5)])
+def test_pretrain_batch_factor_limits_the_extra_pretraining_steps(factor, pretrain_steps):
+    """50 samples, batch 32: the code's one step per epoch; min_batches=5 asks for five. A
+    factor of 2 allows two in pre-training (batches of 25), 0 or 10 leave the five; the
+    contrastive epoch keeps its five steps whatever the factor. Counted as Adam steps."""
+    rng = np.random.default_rng(0)
+    views = [rng.normal(size=(50, 4)).astype(np.float32) for _ in range(2)]
+    cfg = make_config(None, "quick", pretrain_epochs=2, contrastive_epochs=1, batch_size=32,
+                      min_batches=5, pretrain_batch_factor=factor)  # fmt: skip
+    tr = Trainer.for_data(views, None, 2, cfg, 0, progress=False).fit(until="pretrain")
+    assert {int(s["step"]) for s in tr.opt.state.values()} == {2 * pretrain_steps}
+    tr.fit(until="contrastive")
+    assert {int(s["step"]) for s in tr.opt.state.values()} == {2 * pretrain_steps + 5, 5}
+
+
+def test_pretrain_batch_factor_rejects_a_negative_value():
+    with pytest.raises(ValueError, match="pretrain_batch_factor"):
+        Config(pretrain_batch_factor=-1)
+
+
 def test_entropy_weight_scales_the_term():
     g = torch.Generator().manual_seed(0)
     qs = [torch.softmax(torch.randn(12, 4, generator=g, dtype=torch.float64), 1) for _ in "ab"]
