@@ -38,10 +38,16 @@ def test_min_batches_pretrain_keeps_the_code_batches_in_pretraining(in_pretrain,
     """50 samples, batch 32: the code's one step per epoch; min_batches=5 makes five (batches of
     10) in the phases it applies to. Counted as Adam steps: 2 pre-training epochs, then 1
     contrastive epoch (always five steps)."""
+    _assert_adam_steps(pretrain_steps, min_batches_pretrain=in_pretrain)
+
+
+def _assert_adam_steps(pretrain_steps: int, **fields) -> None:
+    """50 samples, batch 32, min_batches=5 and ``fields``: Adam steps after 2 pre-training
+    epochs, then after 1 contrastive epoch (five steps whatever the pre-training)."""
     rng = np.random.default_rng(0)
     views = [rng.normal(size=(50, 4)).astype(np.float32) for _ in range(2)]
     cfg = make_config(None, "quick", pretrain_epochs=2, contrastive_epochs=1, batch_size=32,
-                      min_batches=5, min_batches_pretrain=in_pretrain)  # fmt: skip
+                      min_batches=5, **fields)  # fmt: skip
     tr = Trainer.for_data(views, None, 2, cfg, 0, progress=False).fit(until="pretrain")
     assert {int(s["step"]) for s in tr.opt.state.values()} == {2 * pretrain_steps}
     tr.fit(until="contrastive")  # the heads of z -> h, q first step here; the encoders go on
@@ -53,14 +59,7 @@ def test_pretrain_batch_factor_limits_the_extra_pretraining_steps(factor, pretra
     """50 samples, batch 32: the code's one step per epoch; min_batches=5 asks for five. A
     factor of 2 allows two in pre-training (batches of 25), 0 or 10 leave the five; the
     contrastive epoch keeps its five steps whatever the factor. Counted as Adam steps."""
-    rng = np.random.default_rng(0)
-    views = [rng.normal(size=(50, 4)).astype(np.float32) for _ in range(2)]
-    cfg = make_config(None, "quick", pretrain_epochs=2, contrastive_epochs=1, batch_size=32,
-                      min_batches=5, pretrain_batch_factor=factor)  # fmt: skip
-    tr = Trainer.for_data(views, None, 2, cfg, 0, progress=False).fit(until="pretrain")
-    assert {int(s["step"]) for s in tr.opt.state.values()} == {2 * pretrain_steps}
-    tr.fit(until="contrastive")
-    assert {int(s["step"]) for s in tr.opt.state.values()} == {2 * pretrain_steps + 5, 5}
+    _assert_adam_steps(pretrain_steps, pretrain_batch_factor=factor)
 
 
 def test_pretrain_batch_factor_rejects_a_negative_value():
