@@ -34,8 +34,9 @@ class CMMC(ClusterMixin, BaseEstimator):
     preset : a named configuration applied over ``config`` (:data:`cmmc.config.PRESETS`):
         None or "faithful" (the official code), "fast" (bf16 where the hardware has it, fused
         Adam), "robust" (for small sets with many clusters, not with a few clusters), "select"
-        (robust, then a label-free choice between its labels and the simple baselines'); see
-        the book's "Beyond the paper".
+        (robust with at most four times the code's pre-training batches per epoch, then a
+        label-free choice between its labels and the simple baselines'); see the book's
+        "Beyond the paper".
     variant : the former name of ``preset`` (still read).
     progress : show tqdm progress bars.
     pretrain_epochs, contrastive_epochs, ..., precision, fused_adam : every

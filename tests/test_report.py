@@ -703,3 +703,21 @@ def test_preset_runs_keep_own_runs_and_rechoose_joint_runs_without_one():
     # seed 1: cmmc 0.3 + 0.9 = 1.2 against 1.0 -> cmmc, 0.95
     assert out[1]["seed"] == 1 and out[1]["metrics"]["ACC"] == 0.95
     assert out[1]["variant"] == "consensus" and out[1]["rechosen_from"] == "joint"
+
+
+def test_with_pretrain_limit_takes_limited_runs_only_where_the_limit_binds():
+    # the select preset's limit: 4 x max(1, N // 256) batches against min_batches = 8 -> binds
+    # iff N < 512 (worked by hand, not by the code's batch_for)
+    def rec(variant, n, seed=0):
+        return {"dataset": f"N{n}", "n_samples": n, "seed": seed, "variant": variant}
+
+    unlimited = [rec("consensus", n) for n in (240, 511, 512, 10000)]
+    limited = [rec("consensus_pretrain_x4", n) for n in (240, 511, 600)]
+    out = report.with_pretrain_limit(unlimited, limited)
+    got = sorted((r["n_samples"], r.get("limited_from")) for r in out)
+    assert got == [(240, "consensus_pretrain_x4"), (511, "consensus_pretrain_x4"),
+                   (512, None), (10000, None)]  # fmt: skip
+    assert all(r["variant"] == "consensus" for r in out)
+    assert limited[0]["variant"] == "consensus_pretrain_x4"  # the inputs untouched
+    # a binding set without limited runs is left out, not filled with unlimited ones
+    assert [r["n_samples"] for r in report.with_pretrain_limit(unlimited, [])] == [512, 10000]

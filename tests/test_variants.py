@@ -62,6 +62,33 @@ def test_pretrain_batch_factor_limits_the_extra_pretraining_steps(factor, pretra
     _assert_adam_steps(pretrain_steps, pretrain_batch_factor=factor)
 
 
+def test_select_preset_limit_binds_only_under_512_samples():
+    """The select preset's pre-training limit (four times the code's N // 256 batches per
+    epoch, at least one, against min_batches = 8) changes the batches only where N < 512:
+    among the Beyond page's sets, Multi-COIL-20 and -10 and the generated sets but Blobs-40.
+    Where it binds, pre-training makes four steps per epoch (drop_last), not eight."""
+    from cmmc import experiments
+    from cmmc.data import get_spec
+
+    cfg = make_config(None, "full", preset="select")
+    assert cfg.pretrain_batch_factor == 4 and cfg.min_batches == 8
+    sets = experiments.experiment_specs()["beyond_select"]["datasets"]
+    generated = ["Blobs-10", "Blobs-20", "Blobs-30", "Blobs-40",
+                 "Blobs3-12", "Blobs3-20", "Blobs3-30", "Blobs3-40"]  # fmt: skip
+    binds = set()
+    for name in [*sets, *generated]:
+        n = int(get_spec(name)["N"])
+        code_batches = max(1, n // 256)
+        assert cfg.pretrain_limit_binds(n) == (4 * code_batches < 8), name
+        steps = n // cfg.batch_for(n, pretrain=True)
+        assert steps == (4 if 4 * code_batches < 8 else n // min(256, n // 8)), name
+        if cfg.pretrain_limit_binds(n):
+            binds.add(name)
+    assert len(sets) == 14
+    assert binds == {"Multi-COIL-20", "Multi-COIL-10", *generated} - {"Blobs-40"}
+    assert not cfg.replace(pretrain_batch_factor=0).pretrain_limit_binds(240)
+
+
 def test_pretrain_batch_factor_rejects_a_negative_value():
     with pytest.raises(ValueError, match="pretrain_batch_factor"):
         Config(pretrain_batch_factor=-1)

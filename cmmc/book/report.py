@@ -1239,6 +1239,32 @@ def preset_runs(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return own + rechoose(joint, SELECTION_RULES[PRESET_RULE], "consensus")
 
 
+def pretrain_limit_binds(record: Mapping[str, Any]) -> bool:
+    """Whether the select preset's pre-training limit (``pretrain_batch_factor`` of
+    :data:`cmmc.config.PRESETS`) changes the batches of a run on the record's set (its
+    ``n_samples``): there a run made without the limit is not the preset's run."""
+    from cmmc.config import make_config
+
+    return make_config(None, "full", preset="select").pretrain_limit_binds(int(record["n_samples"]))
+
+
+def with_pretrain_limit(
+    runs: Iterable[Mapping[str, Any]], limited: Iterable[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The select preset's runs as the preset is now: ``runs`` (made without its pre-training
+    limit, e.g. :func:`preset_runs`) on the sets where the limit does not bind, ``limited``
+    (made with it; renamed variant ``consensus``, ``limited_from`` naming their own) where it
+    does (:func:`pretrain_limit_binds`, run by run). A set whose limited runs are missing is
+    missing, never filled with runs made without the limit.
+
+    Used by: book/beyond.md, scripts/readme_findings.py.
+    """
+    out = [dict(r) for r in runs if not pretrain_limit_binds(r)]
+    out += [{**r, "variant": "consensus", "limited_from": r.get("variant")}
+            for r in limited if pretrain_limit_binds(r)]  # fmt: skip
+    return out
+
+
 def rechoose(
     records: Iterable[Mapping[str, Any]], rule: Rule, variant: str
 ) -> list[dict[str, Any]]:
