@@ -11,6 +11,7 @@ get their records from :func:`cmmc.experiments.ensure_records`::
 
 from __future__ import annotations
 
+import functools
 import math
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -1243,9 +1244,14 @@ def pretrain_limit_binds(record: Mapping[str, Any]) -> bool:
     """Whether the select preset's pre-training limit (``pretrain_batch_factor`` of
     :data:`cmmc.config.PRESETS`) changes the batches of a run on the record's set (its
     ``n_samples``): there a run made without the limit is not the preset's run."""
+    return _select_config().pretrain_limit_binds(int(record["n_samples"]))
+
+
+@functools.cache
+def _select_config():  # built once: pretrain_limit_binds runs for every record of a page
     from cmmc.config import make_config
 
-    return make_config(None, "full", preset="select").pretrain_limit_binds(int(record["n_samples"]))
+    return make_config(None, "full", preset="select")
 
 
 def with_pretrain_limit(
