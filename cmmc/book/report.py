@@ -871,8 +871,9 @@ def verdict_sentence(counts: Mapping[str, int], goal: int) -> str:
             f"least {goal} of the {sets})"
         )
     partial = counts["partial"]
+    have = "has" if partial == 1 else "have"
     return (
-        f"met on {met} of the {measured} sets whose seeds are all recorded; {partial} more have "
+        f"met on {met} of the {measured} sets whose seeds are all recorded; {partial} more {have} "
         f"part of their seeds (met so far on {counts['met_so_far'] - met} of them), so at most "
         f"{counts['reachable']} of the {sets} sets can meet it whatever the remaining seeds give "
         f"(goal: at least {goal})"
