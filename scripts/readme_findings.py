@@ -101,7 +101,7 @@ def select_line(results: Path) -> str:
             r for r in _records(results, "beyond_select_cap") if r["dataset"] in sets
         ),
     )
-    cons, cons_missed, _ = _acc_target(results, "beyond_select", "select", records=preset)
+    cons, cons_missed, cons_counts = _acc_target(results, "beyond_select", "select", records=preset)
     *_, second = _acc_target(results, "beyond_select", "select", "joint")
     *_, first = _acc_target(results, "beyond_select", "select", "select")
     held = report.selection_rules(
@@ -117,10 +117,11 @@ def select_line(results: Path) -> str:
     seeds = sorted({len({r["seed"] for r in preset if r["dataset"] == ds})
                     for ds in {r["dataset"] for r in preset}})  # fmt: skip
     per_set = "-".join(map(str, dict.fromkeys([seeds[0], seeds[-1]]))) if seeds else "0"
+    so_far = " so far" if cons_counts["partial"] or not seeds else ""
     return (
         '`preset="select"` (robust, then a label-free choice among its labels and the simple '
         "baselines'; [page](book/beyond.md), section 6) within 0.01 of the same bound: "
-        f"{cons}{missed(cons_missed)} ({per_set} seeds per set so far, some chosen again from "
+        f"{cons}{missed(cons_missed)} ({per_set} seeds per set{so_far}, some chosen again from "
         "the second form's runs). On held-out generated sets in three views, its choice is "
         "within 0.01 of the best candidate on "
         + (
